@@ -1,0 +1,137 @@
+"""Configuration dataclasses: the CLI fills them, the library takes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import ConfigError
+
+__all__ = [
+    "POOLS",
+    "SITES",
+    "DTYPES",
+    "DEVICES",
+    "BACKENDS",
+    "DEFAULT_C_GRID",
+    "DEFAULT_ETA_GRID",
+    "ExtractConfig",
+    "ProbeConfig",
+    "parse_list",
+]
+
+POOLS: tuple[str, ...] = ("mean", "max", "first", "last")
+SITES: tuple[str, ...] = ("hidden", "ffn")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+BACKENDS: tuple[str, ...] = ("auto", "sklearn", "torch", "cuml")
+# C of sklearn's convention (inverse penalty strength), log-spaced.
+DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+# cumulative squared-weight share kept per layer; 1.0 keeps every nonzero weight.
+DEFAULT_ETA_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def parse_list(value: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """Parse a comma-separated option into a tuple, refusing values outside `allowed`."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        if item not in allowed:
+            raise ConfigError(f"unknown {what} {item!r}: choose from {','.join(allowed)}")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise ConfigError(f"no {what} given: choose from {','.join(allowed)}")
+    return tuple(out)
+
+
+@dataclass
+class ExtractConfig:
+    """What `extract` runs: model, data, store and how to batch and store the activations."""
+
+    model: str
+    data: str
+    store: str
+    run: Optional[str] = None
+    text_column: str = "text"
+    columns: Optional[tuple[str, ...]] = None
+    splits: Optional[tuple[str, ...]] = None
+    pools: tuple[str, ...] = POOLS
+    sites: tuple[str, ...] = SITES
+    max_length: Optional[int] = None
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    limit: Optional[int] = None
+    # rows per chunk and per resume window; None sizes chunks to about 1 MiB
+    chunk_rows: Optional[int] = None
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    progress: bool = True
+
+    def validate(self) -> "ExtractConfig":
+        """Check option values; raise ConfigError naming the bad one."""
+        self.pools = parse_list(self.pools, POOLS, "pool")
+        self.sites = parse_list(self.sites, SITES, "site")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}: choose from {','.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}: choose from {','.join(DTYPES)}")
+        if not self.text_column:
+            raise ConfigError("--text-column is empty: name the column that holds the text")
+        return self
+
+    @property
+    def store_dtype(self) -> str:
+        """The dtype of stored activations: float32 only when asked for full precision."""
+        return "float32" if self.dtype == "float32" else "float16"
+
+
+@dataclass
+class ProbeConfig:
+    """What `probe` searches: label, splits, solver backend and the C / eta grids."""
+
+    store: str
+    label: str
+    run: Optional[str] = None
+    split_column: Optional[str] = None
+    backend: str = "auto"
+    name: Optional[str] = None
+    out: Optional[str] = None
+    sites: Optional[tuple[str, ...]] = None
+    pools: Optional[tuple[str, ...]] = None
+    c_grid: tuple[float, ...] = DEFAULT_C_GRID
+    eta_grid: tuple[float, ...] = DEFAULT_ETA_GRID
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    plots: bool = True
+
+    def validate(self) -> "ProbeConfig":
+        """Check option values; raise ConfigError naming the bad one."""
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {self.backend!r}: choose from {','.join(BACKENDS)}")
+        if self.sites is not None:
+            self.sites = parse_list(self.sites, SITES, "site")
+        if self.pools is not None:
+            self.pools = parse_list(self.pools, POOLS, "pool")
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise ConfigError("--c-grid needs positive values, e.g. 0.01,0.1,1")
+        if not self.eta_grid or any(not 0 < e <= 1 for e in self.eta_grid):
+            raise ConfigError("--eta-grid needs values in (0, 1], e.g. 0.5,0.8,1.0")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}: choose from {','.join(DEVICES)}")
+        self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
+        self.eta_grid = tuple(sorted(float(e) for e in self.eta_grid))
+        return self

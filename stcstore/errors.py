@@ -1,0 +1,90 @@
+"""Typed errors. Every user mistake is a `UserError`; the CLI prints it as one line, exit 2.
+
+Each class also inherits the builtin it corresponds to, so callers of the library can catch
+either (zarr-python's convention).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StcstoreError",
+    "UserError",
+    "ConfigError",
+    "ModelNotFoundError",
+    "UnsupportedArchitectureError",
+    "DataNotFoundError",
+    "DataError",
+    "StoreNotFoundError",
+    "StoreError",
+    "FingerprintMismatchError",
+    "StoreLockedError",
+    "IncompleteRunError",
+    "LabelError",
+    "ClassifierError",
+    "Float16OverflowError",
+    "MissingDependencyError",
+]
+
+
+class StcstoreError(Exception):
+    """Base class of every error raised by stcstore."""
+
+
+class UserError(StcstoreError):
+    """Something the user asked for is wrong; the message names the problem and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """An option has an invalid value."""
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """The model path, alias or hub id does not resolve to a model."""
+
+
+class UnsupportedArchitectureError(UserError, NotImplementedError):
+    """The model's architecture has no entry in the architecture table."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """The dataset file, alias or hub id does not resolve to data."""
+
+
+class DataError(UserError, ValueError):
+    """The data exists but cannot be used as asked (missing column, empty, bad values)."""
+
+
+class StoreNotFoundError(UserError, FileNotFoundError):
+    """The store, run or split does not exist."""
+
+
+class StoreError(UserError, ValueError):
+    """The store path or its contents cannot be used as asked."""
+
+
+class FingerprintMismatchError(StoreError):
+    """An existing run was made with different settings than the ones given now."""
+
+
+class StoreLockedError(StoreError, BlockingIOError):
+    """Another process is writing this run."""
+
+
+class IncompleteRunError(StoreError):
+    """The run's extraction has not finished."""
+
+
+class LabelError(UserError, ValueError):
+    """The label or split column cannot be used for probing."""
+
+
+class ClassifierError(UserError, ValueError):
+    """A saved classifier is missing, damaged or does not fit the model given."""
+
+
+class Float16OverflowError(StcstoreError, OverflowError):
+    """An activation does not fit in float16; rerun with --dtype float32."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package is needed for what was asked."""
