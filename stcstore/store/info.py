@@ -1,0 +1,54 @@
+"""A summary of a store: runs, fingerprints, splits, shapes, bytes, completion, experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .layout import itemsize
+from .quiet import quiet_zarr
+from .reader import RunReader
+from .root import list_runs, open_root
+
+__all__ = ["store_summary"]
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def store_summary(store: str | Path) -> dict[str, Any]:
+    """Everything `stcstore info` shows, as a JSON-able dict."""
+    store = Path(store).expanduser()
+    with quiet_zarr():
+        runs = list_runs(open_root(store))
+    out: dict[str, Any] = {"store": str(store), "bytes_on_disk": _dir_bytes(store), "runs": []}
+    for name in runs:
+        r = RunReader(store, name)
+        arrays = []
+        for split in r.splits:
+            for site in r.sites:
+                for pool in r.pools:
+                    a = r.array(split, site, pool)
+                    raw = int(a.size) * itemsize(r.layout.dtype)
+                    arrays.append({"split": split, "site": site, "pool": pool, "shape": list(a.shape),
+                                   "dtype": r.layout.dtype, "bytes_raw": raw,
+                                   "bytes_stored": _dir_bytes(r.run_dir / split / site / pool)})
+        completion = r.completion()
+        truncated = sum(rec.get("truncated", 0) for s in r.splits for rec in r.window_records(s).values())
+        out["runs"].append({
+            "run": name,
+            "fingerprint_hash": r.meta.get("fingerprint_hash"),
+            "fingerprint": r.fingerprint,
+            "model": {k: r.model.get(k) for k in ("spec", "model_type", "n_layers", "d", "d_ff", "weight_hash")},
+            "dataset": r.dataset,
+            "splits": {s: r.n_rows(s) for s in r.splits},
+            "completion": {s: {"windows_done": d, "windows_total": t} for s, (d, t) in completion.items()},
+            "complete": r.is_complete(),
+            "truncated_rows": truncated,
+            "arrays": arrays,
+            "bytes_raw": sum(a["bytes_raw"] for a in arrays),
+            "bytes_stored": sum(a["bytes_stored"] for a in arrays),
+            "experiments": r.experiments(),
+        })
+    return out

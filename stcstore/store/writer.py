@@ -1,0 +1,172 @@
+"""Creating a run's arrays up front and writing whole windows of rows into them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+
+from ..errors import FingerprintMismatchError
+from .fingerprint import fingerprint_diff, fingerprint_hash
+from .layout import (
+    LOCK_FILE,
+    N_TOKENS,
+    ROW_ID,
+    RUN_ATTR,
+    array_path,
+    column_path,
+    compressor,
+)
+from .progress import clear_progress, commit_window
+
+__all__ = ["RunLayout", "RunWriter", "check_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunLayout:
+    """Shapes of a run: splits and their rows, sites, pools, layers and widths, dtype, chunks."""
+
+    splits: dict[str, int]
+    sites: tuple[str, ...]
+    pools: tuple[str, ...]
+    n_layers: dict[str, int]      # site -> entries (hidden: L+1, ffn: L)
+    width: dict[str, int]         # site -> feature width (d or d_ff)
+    dtype: str
+    chunk_rows: int
+
+    def n_windows(self, split: str) -> int:
+        """Number of windows (= chunks along rows) of a split."""
+        n = self.splits[split]
+        return (n + self.chunk_rows - 1) // self.chunk_rows
+
+    def window_bounds(self, split: str, window: int) -> tuple[int, int]:
+        """Row range [start, stop) of one window."""
+        start = window * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.splits[split])
+
+
+def check_fingerprint(run_group: zarr.Group, run_name: str, fingerprint: dict[str, Any]) -> None:
+    """Refuse a run whose stored fingerprint differs from the one given, naming what changed."""
+    stored = run_group.attrs.get(RUN_ATTR, {}).get("fingerprint")
+    if stored is None:
+        return
+    diff = fingerprint_diff(stored, fingerprint)
+    if diff:
+        raise FingerprintMismatchError(
+            f"run {run_name!r} was extracted with other settings ({'; '.join(diff)}): "
+            f"use the original settings to resume, or a new --run name"
+        )
+
+
+class RunWriter:
+    """Writes one run: arrays preallocated at full size, then whole windows at a time."""
+
+    def __init__(self, root: zarr.Group, run_dir: Path, run_name: str):
+        self.root = root
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.group: zarr.Group | None = None
+        self.layout: RunLayout | None = None
+        self._arrays: dict[tuple[str, str, str], zarr.Array] = {}
+        self._ntok: dict[str, zarr.Array] = {}
+
+    def open_existing(self, fingerprint: dict[str, Any]) -> bool:
+        """Open a fully created run with this fingerprint; False when there is none to resume."""
+        if self.run_name not in self.root or RUN_ATTR not in self.root[self.run_name].attrs:
+            return False
+        group = self.root[self.run_name]
+        check_fingerprint(group, self.run_name, fingerprint)
+        meta = group.attrs[RUN_ATTR]
+        self.layout = RunLayout(**meta["layout"])
+        self.layout.sites, self.layout.pools = tuple(self.layout.sites), tuple(self.layout.pools)
+        self.group = group
+        self._bind_arrays()
+        return True
+
+    def create(
+        self,
+        layout: RunLayout,
+        fingerprint: dict[str, Any],
+        meta: dict[str, Any],
+        row_ids: Mapping[str, np.ndarray],
+        columns: Mapping[str, Mapping[str, np.ndarray]],
+    ) -> None:
+        """Create every array at full size and write the per-row source columns.
+
+        The run attribute that marks the run as created is written last, so a crash during
+        creation leaves a run that the next call recreates from scratch.
+        """
+        # A half-created run from a crash has nothing committed: remove it, but keep the lock
+        # file we hold (zarr's own delete would remove the whole directory).
+        if self.run_dir.is_dir():
+            for child in self.run_dir.iterdir():
+                if child.name == LOCK_FILE:
+                    continue
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        clear_progress(self.run_dir)
+        group = self.root.create_group(self.run_name)
+        comp = compressor(layout.dtype)
+        for split, n in layout.splits.items():
+            for site in layout.sites:
+                for pool in layout.pools:
+                    group.create_array(
+                        array_path(split, site, pool),
+                        shape=(layout.n_layers[site], n, layout.width[site]),
+                        chunks=(1, layout.chunk_rows, layout.width[site]),
+                        dtype=layout.dtype,
+                        compressors=comp,
+                        fill_value=0,
+                    )
+            rid = group.create_array(f"{split}/{ROW_ID}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int64", fill_value=-1)
+            rid[:] = np.asarray(row_ids[split], dtype=np.int64)
+            group.create_array(f"{split}/{N_TOKENS}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int32", fill_value=0)
+            for name, values in columns.get(split, {}).items():
+                _write_column(group, column_path(split, name), values, layout.chunk_rows)
+        group.attrs[RUN_ATTR] = {
+            **meta,
+            "fingerprint": fingerprint,
+            "fingerprint_hash": fingerprint_hash(fingerprint),
+            "layout": asdict(layout),
+        }
+        self.group, self.layout = group, layout
+        self._bind_arrays()
+
+    def _bind_arrays(self) -> None:
+        lay = self.layout
+        for split in lay.splits:
+            for site in lay.sites:
+                for pool in lay.pools:
+                    self._arrays[(split, site, pool)] = self.group[array_path(split, site, pool)]
+            self._ntok[split] = self.group[f"{split}/{N_TOKENS}"]
+
+    def write_window(
+        self,
+        split: str,
+        window: int,
+        pooled: Mapping[tuple[str, str], np.ndarray],
+        n_tokens: np.ndarray,
+        record: dict[str, Any],
+    ) -> None:
+        """Write one window's arrays (whole chunks), then commit it in the manifest."""
+        start, stop = self.layout.window_bounds(split, window)
+        for (site, pool), values in pooled.items():
+            self._arrays[(split, site, pool)][:, start:stop, :] = values
+        self._ntok[split][start:stop] = n_tokens
+        commit_window(self.run_dir, split, window, record)
+
+
+def _write_column(group: zarr.Group, path: str, values: np.ndarray, chunk_rows: int) -> None:
+    values = np.asarray(values)
+    if values.dtype.kind in "OUT":
+        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=str)
+        arr[:] = values.astype(str)
+    else:
+        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=values.dtype)
+        arr[:] = values
