@@ -1,0 +1,51 @@
+"""`stcstore extract`: parse options into an ExtractConfig and run it."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ..config import ExtractConfig
+from .app import app
+from .common import err_console, handle_errors, split_csv
+
+
+@app.command("extract")
+@handle_errors
+def extract_cmd(
+    model: str = typer.Option(..., "--model", help="Hub id, local folder, .gguf file, or alias minilm / smollm2."),
+    data: str = typer.Option(..., "--data", help="Hub dataset id, csv / jsonl / parquet file, or alias rotten_tomatoes."),
+    store: str = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Run name inside the store [default: <model>__<data>]."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Source columns to store, comma-separated [default: every scalar column but the text]."),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="Only these source splits (repeatable) [default: all]."),
+    pool: str = typer.Option("mean,max,first,last", "--pool", help="Poolings, comma-separated."),
+    site: str = typer.Option("hidden,ffn", "--site", help="Sites, comma-separated: hidden, ffn."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate to N tokens [default: the model's limit, at most 512]."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Rows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU; stored as float16), float32 (computed and stored in full precision), bfloat16, float16."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows of every split."),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", help="Rows per chunk and resume window [default: about 1 MiB chunks]."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code from the hub."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the model."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Run a model over a dataset and store pooled activations of every layer (resumable)."""
+    from ..extract import extract
+
+    cfg = ExtractConfig(
+        model=model, data=data, store=store, run=run, text_column=text_column, columns=split_csv(columns),
+        splits=tuple(split) if split else None, pools=pool, sites=site, max_length=max_length,
+        batch_size=batch_size, device=device, dtype=dtype, limit=limit, chunk_rows=chunk_rows,
+        trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress,
+    )
+    res = extract(cfg)
+    err_console.print(
+        f"run [bold]{res.run}[/] in {res.store}: {res.rows_total:,} rows "
+        f"({res.rows_done_now:,} now, {res.windows_resumed} windows resumed), {res.truncated:,} truncated; "
+        f"{res.rows_per_s:,.1f} rows/s, {res.tokens_per_s:,.0f} tokens/s on {res.device} ({res.compute_dtype})",
+        highlight=False,
+    )

@@ -1,0 +1,51 @@
+"""`stcstore info`: what a store holds."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from .app import app
+from .common import handle_errors, out_console
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(
+    store: str = typer.Option(..., "--store", help="Store directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Runs, fingerprints, splits, shapes, dtype, bytes on disk vs raw, completion, experiments."""
+    from ..store.info import store_summary
+    from ..store.root import check_store_path
+
+    check_store_path(store, must_exist=True)
+    s = store_summary(store)
+    if as_json:
+        out_console.print_json(json.dumps(s))
+        return
+    out_console.print(f"[bold]{s['store']}[/]: {len(s['runs'])} run(s), {_mb(s['bytes_on_disk'])} on disk", highlight=False)
+    for r in s["runs"]:
+        m = r["model"]
+        done = sum(c["windows_done"] for c in r["completion"].values())
+        total = sum(c["windows_total"] for c in r["completion"].values())
+        ratio = r["bytes_stored"] / r["bytes_raw"] if r["bytes_raw"] else 0
+        out_console.print(
+            f"\n[bold]run {r['run']}[/] (fingerprint {r['fingerprint_hash']}): model {m['spec']} "
+            f"({m['model_type']}, {m['n_layers']} layers, d {m['d']}, d_ff {m['d_ff']}), data {r['dataset']['description']}\n"
+            f"  completion {done}/{total} windows ({'complete' if r['complete'] else 'INCOMPLETE: rerun the extract command'}), "
+            f"{r['truncated_rows']:,} rows truncated; {_mb(r['bytes_stored'])} stored vs {_mb(r['bytes_raw'])} raw ({ratio:.2f}x)",
+            highlight=False,
+        )
+        t = Table("split", "site", "pool", "shape", "dtype", "stored", "raw")
+        for a in r["arrays"]:
+            t.add_row(a["split"], a["site"], a["pool"], "x".join(map(str, a["shape"])), a["dtype"],
+                      _mb(a["bytes_stored"]), _mb(a["bytes_raw"]))
+        out_console.print(t)
+        out_console.print(f"  experiments: {', '.join(r['experiments']) or 'none'}", highlight=False)
