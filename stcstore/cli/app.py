@@ -19,10 +19,12 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages to stderr."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to stderr (-vv: debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors."),
 ) -> None:
     """Sparsify-then-Classify on cached transformer activations."""
     from .common import setup_logging
 
-    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    # errors must stay one line on stderr, so routine messages need -v
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    setup_logging(logging.ERROR if quiet else level)

@@ -140,7 +140,8 @@ class RunReader:
                 f"column {name!r} not stored in run {self.name!r} (columns: {', '.join(self.columns(split)) or 'none'})"
             )
         values = self.group[column_path(split, name)][:]
-        return values.astype(str) if values.dtype.kind == "T" else values
+        # zarr returns variable-width StringDType; callers get plain fixed-width str arrays
+        return values.astype(object).astype(str) if values.dtype.kind == "T" else values
 
     def probes_dir(self) -> Path:
         """Folder of this run's probe experiments."""

@@ -1,0 +1,21 @@
+"""stcstore: Sparsify-then-Classify on cached, pooled per-layer transformer activations."""
+
+from .config import ExtractConfig, ProbeConfig
+from .errors import StcstoreError, UserError
+
+__version__ = "0.1.0"
+
+__all__ = ["ExtractConfig", "ProbeConfig", "StcstoreError", "UserError", "extract", "open_run", "__version__"]
+
+
+def __getattr__(name: str):
+    # heavy imports (torch, transformers, zarr) only when used, so `stcstore --help` is fast
+    if name == "extract":
+        from .extract import extract
+
+        return extract
+    if name == "open_run":
+        from .store import open_run
+
+        return open_run
+    raise AttributeError(name)
