@@ -12,6 +12,7 @@ __all__ = [
     "SITES",
     "DTYPES",
     "DEVICES",
+    "DEVICE_MAPS",
     "BACKENDS",
     "DEFAULT_C_GRID",
     "DEFAULT_ETA_GRID",
@@ -24,6 +25,7 @@ POOLS: tuple[str, ...] = ("mean", "max", "first", "last")
 SITES: tuple[str, ...] = ("hidden", "ffn")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
 BACKENDS: tuple[str, ...] = ("auto", "sklearn", "torch", "cuml")
 # C of sklearn's convention (inverse penalty strength), log-spaced.
 DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -71,6 +73,8 @@ class ExtractConfig:
     trust_remote_code: bool = False
     revision: Optional[str] = None
     progress: bool = True
+    # accelerate's device_map for models larger than one GPU ("auto", "balanced", ...); None: one device
+    device_map: Optional[str] = None
 
     def validate(self) -> "ExtractConfig":
         """Check option values; raise ConfigError naming the bad one."""
@@ -90,6 +94,8 @@ class ExtractConfig:
             raise ConfigError(f"unknown --dtype {self.dtype!r}: choose from {','.join(DTYPES)}")
         if not self.text_column:
             raise ConfigError("--text-column is empty: name the column that holds the text")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise ConfigError(f"unknown --device-map {self.device_map!r}: choose from {','.join(DEVICE_MAPS)}")
         return self
 
     @property
@@ -117,6 +123,8 @@ class ProbeConfig:
     device: str = "auto"
     progress: bool = True
     plots: bool = True
+    # the all-layers-concat baseline holds every layer of one site/pool in memory
+    concat_baseline: bool = True
 
     def validate(self) -> "ProbeConfig":
         """Check option values; raise ConfigError naming the bad one."""

@@ -150,7 +150,7 @@ class RunReader:
     def experiments(self) -> list[str]:
         """Names of the probe experiments stored in this run."""
         d = self.probes_dir()
-        return sorted(p.name for p in d.iterdir() if (p / "report.json").is_file()) if d.is_dir() else []
+        return sorted(p.name for p in d.iterdir() if not p.name.startswith(".") and (p / "report.json").is_file()) if d.is_dir() else []
 
     # -- checks ---------------------------------------------------------------------------
     def _check_split(self, split: str) -> None:

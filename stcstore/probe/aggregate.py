@@ -1,0 +1,199 @@
+"""Aggregation: which layers a depth k covers per site choice, kept-feature designs, nested masks.
+
+Site choices are `hidden`, `ffn` and `both`. For a single site, depth k covers that site's
+entries 0..k-1 (hidden entry l is HF hidden_states[l], the output of l blocks; ffn entry l is
+inside block l). For `both`, k is the number of transformer blocks that must run: hidden
+entries 0..k and ffn entries 0..k-1. `n_blocks` gives the blocks to run for any choice, which
+is what early exit saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "SITE_CODES",
+    "LayerProbe",
+    "Design",
+    "site_choices",
+    "k_values",
+    "layers_for",
+    "n_blocks",
+    "build_design",
+    "nested_masks",
+    "unique_rows",
+]
+
+SITE_CODES: dict[str, int] = {"hidden": 0, "ffn": 1}
+
+
+@dataclass
+class LayerProbe:
+    """One (site, pool, layer) probe at its val-chosen C and the kept columns it ranks.
+
+    Columns of the X_* matrices are standardised features of `order` (most important first,
+    every nonzero-weight neuron), so the kept set of any eta is a prefix of them.
+    """
+
+    site: str
+    pool: str
+    layer: int
+    C: float
+    val: float
+    n_nonzero: int
+    val_by_C: list[float]
+    coef: np.ndarray            # (n_out, d) float32, at C
+    intercept: np.ndarray       # (n_out,)
+    order: np.ndarray           # (m,) neuron indices, ranking of sparsify.ranking
+    counts: np.ndarray          # (n_eta,) prefix length kept per eta of the grid
+    mean: np.ndarray            # (m,) float64 scaler mean of `order`
+    scale: np.ndarray           # (m,) float64 scaler scale of `order`
+    X_train: np.ndarray         # (n_train, m) float32 standardised
+    X_val: np.ndarray           # (n_val, m)
+    X_test: np.ndarray          # (n_test, m)
+    extra: dict = field(default_factory=dict)
+
+    def release_fit_columns(self) -> None:
+        """Drop the train and val columns once aggregation no longer needs them (test stays)."""
+        self.X_train = np.zeros((self.X_train.shape[0], 0), np.float32)
+        self.X_val = np.zeros((self.X_val.shape[0], 0), np.float32)
+
+    def release_test_columns(self) -> None:
+        """Drop the test columns of a probe that will not be scored on test."""
+        self.X_test = np.zeros((self.X_test.shape[0], 0), np.float32)
+
+
+@dataclass
+class Design:
+    """A concatenated kept-feature matrix and what each column is."""
+
+    X_train: np.ndarray
+    X_val: np.ndarray
+    X_test: np.ndarray
+    feature_site: np.ndarray    # (F,) int64: SITE_CODES
+    feature_layer: np.ndarray   # (F,) int64
+    feature_index: np.ndarray   # (F,) int64 neuron index within the layer
+    mean: np.ndarray            # (F,) float64
+    scale: np.ndarray           # (F,) float64
+
+    @property
+    def n_features(self) -> int:
+        """Columns of the design."""
+        return int(self.feature_site.shape[0])
+
+
+def site_choices(sites: Sequence[str]) -> list[str]:
+    """The single sites given plus `both` when hidden and ffn are both present."""
+    out = [s for s in ("hidden", "ffn") if s in sites]
+    if "hidden" in sites and "ffn" in sites:
+        out.append("both")
+    return out
+
+
+def k_values(choice: str, n_layers: Mapping[str, int]) -> list[int]:
+    """Every depth k searched for a site choice (n_layers: entries per site)."""
+    if choice == "both":
+        # both needs hidden entries 0..k: at most L = ffn entries (hidden has L+1)
+        return list(range(1, min(n_layers["ffn"], n_layers["hidden"] - 1) + 1))
+    return list(range(1, n_layers[choice] + 1))
+
+
+def layers_for(choice: str, k: int) -> dict[str, list[int]]:
+    """Layer entries of each site that depth k covers."""
+    if choice == "hidden":
+        return {"hidden": list(range(k)), "ffn": []}
+    if choice == "ffn":
+        return {"hidden": [], "ffn": list(range(k))}
+    if choice == "both":
+        return {"hidden": list(range(k + 1)), "ffn": list(range(k))}
+    raise ValueError(f"unknown site choice {choice!r}")
+
+
+def n_blocks(choice: str, k: int) -> int:
+    """Transformer blocks that must run to compute depth k of a site choice."""
+    if choice == "hidden":
+        return k - 1       # hidden entry k-1 is the output of k-1 blocks
+    return k               # ffn entry k-1 lives in block k-1; both: k by definition
+
+
+def _sites_of(choice: str) -> tuple[str, ...]:
+    return ("hidden", "ffn") if choice == "both" else (choice,)
+
+
+def build_design(
+    probes: Mapping[tuple[str, int], LayerProbe],
+    choice: str,
+    counts: Mapping[tuple[str, int], int],
+    layers: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Design:
+    """Concatenate the first counts[(site, layer)] kept columns of every layer of a site choice.
+
+    Column order is hidden layers ascending, then ffn layers ascending, each layer's columns in
+    ranking order. `layers` restricts to some entries (default: every probe of the choice).
+    """
+    keys = []
+    for site in _sites_of(choice):
+        ls = sorted(l for (s, l) in probes if s == site) if layers is None else sorted(layers.get(site, []))
+        keys += [(site, l) for l in ls]
+    parts_tr, parts_va, parts_te = [], [], []
+    fs, fl, fi, fm, fsc = [], [], [], [], []
+    for key in keys:
+        p = probes[key]
+        m = int(counts.get(key, 0))
+        if m < 0 or m > len(p.order):
+            raise ValueError(f"count {m} out of range for {key} (0..{len(p.order)})")
+        if m == 0:
+            continue
+        parts_tr.append(p.X_train[:, :m])
+        parts_va.append(p.X_val[:, :m])
+        parts_te.append(p.X_test[:, :m])
+        fs.append(np.full(m, SITE_CODES[p.site], dtype=np.int64))
+        fl.append(np.full(m, p.layer, dtype=np.int64))
+        fi.append(p.order[:m].astype(np.int64))
+        fm.append(p.mean[:m])
+        fsc.append(p.scale[:m])
+    any_p = next(iter(probes.values()))
+    n_tr, n_va, n_te = any_p.X_train.shape[0], any_p.X_val.shape[0], any_p.X_test.shape[0]
+
+    def cat(parts: list[np.ndarray], n: int) -> np.ndarray:
+        # one contiguous float32 matrix: the solver reads it many times
+        return np.ascontiguousarray(np.concatenate(parts, axis=1)) if parts else np.zeros((n, 0), np.float32)
+
+    def cat1(parts: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+    return Design(
+        X_train=cat(parts_tr, n_tr), X_val=cat(parts_va, n_va), X_test=cat(parts_te, n_te),
+        feature_site=cat1(fs, np.int64), feature_layer=cat1(fl, np.int64), feature_index=cat1(fi, np.int64),
+        mean=cat1(fm, np.float64), scale=cat1(fsc, np.float64),
+    )
+
+
+def nested_masks(feature_site: np.ndarray, feature_layer: np.ndarray, choice: str, ks: Sequence[int]) -> np.ndarray:
+    """(len(ks), F) bool: masks[i] selects the columns that depth ks[i] covers."""
+    out = np.zeros((len(ks), len(feature_site)), dtype=bool)
+    for i, k in enumerate(ks):
+        for site, ls in layers_for(choice, k).items():
+            if ls:
+                out[i] |= (feature_site == SITE_CODES[site]) & (feature_layer <= max(ls))
+    return out
+
+
+def unique_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct non-empty masks (first occurrence order) and, per input row, its index or -1 if empty."""
+    uniq: list[np.ndarray] = []
+    seen: dict[bytes, int] = {}
+    index = np.full(len(masks), -1, dtype=np.int64)
+    for i, m in enumerate(masks):
+        if not m.any():
+            continue
+        key = np.packbits(m).tobytes()
+        if key not in seen:
+            seen[key] = len(uniq)
+            uniq.append(m)
+        index[i] = seen[key]
+    arr = np.stack(uniq) if uniq else np.zeros((0, masks.shape[1]), dtype=bool)
+    return arr, index

@@ -1,0 +1,74 @@
+"""PNG plots of a probe report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["LAYERS_PNG", "KEPT_PNG", "plot_layers", "plot_kept", "write_plots"]
+
+LAYERS_PNG = "accuracy_per_layer.png"
+KEPT_PNG = "neurons_kept.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_layers(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Validation accuracy of every layer probe, one line per (site, pool); STC as a reference line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for e in report["layers"]:
+        curves.setdefault((e["site"], e["pool"]), []).append((e["layer"], e["val"]))
+    for (site, pool), pts in curves.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3,
+                linestyle="-" if site == "hidden" else "--", label=f"{site}/{pool}")
+    stc = report["stc"]
+    ax.axhline(100 * stc["val"], color="k", lw=1, ls=":", label=f"STC val ({stc['site']}/{stc['pool']})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer entry")
+    ax.set_ylabel("val accuracy (%)")
+    ax.set_title(f"{report['label']}: per-layer probes")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_kept(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Neurons of the winner per layer: fed to the final probe (kept) and used (nonzero weight)."""
+    plt = _pyplot()
+    rows = report["stc"].get("features_per_layer", [])
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    labels = [f"{r['site'][0]}{r['layer']}" for r in rows]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["kept"] for r in rows], width=0.4, label="kept (eta)")
+    ax.bar([x + 0.2 for x in xs], [r["nonzero"] for r in rows], width=0.4, label="nonzero weight")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=7, rotation=90 if len(rows) > 20 else 0)
+    stc = report["stc"]
+    ax.set_title(f"STC winner: {stc['site']}/{stc['pool']}, eta {stc['eta']:g}, k {stc['k']}, C {stc['C']:g}")
+    ax.set_ylabel("neurons")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_plots(report: Mapping[str, Any], folder: str | Path) -> list[Path]:
+    """Both plots into a folder; returns their paths."""
+    folder = Path(folder)
+    return [plot_layers(report, folder / LAYERS_PNG), plot_kept(report, folder / KEPT_PNG)]

@@ -1,0 +1,131 @@
+"""The probe report: contract keys (DESIGN.md), metrics helpers, JSON writing and the rich table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+__all__ = [
+    "REPORT_KEYS",
+    "STC_KEYS",
+    "LAYER_KEYS",
+    "BASELINE_NAMES",
+    "accuracy",
+    "macro_f1",
+    "check_report",
+    "write_json",
+    "render_table",
+]
+
+REPORT_KEYS = ("label", "classes", "n", "metric", "backend", "device", "stc", "baselines", "layers", "timing_s")
+STC_KEYS = ("site", "pool", "eta", "k", "C", "n_features", "val", "test", "macro_f1")
+LAYER_KEYS = ("site", "pool", "layer", "C", "val", "test", "n_nonzero")
+BASELINE_NAMES = ("last_layer", "best_layer", "all_layers_concat")
+TIMING_KEYS = ("load", "probes", "aggregate", "total")
+
+
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Share of rows predicted right."""
+    y = np.asarray(y)
+    return float(np.mean(np.asarray(pred) == y)) if len(y) else float("nan")
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present in y or pred (sklearn's average='macro')."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    scores = []
+    for c in np.union1d(y, pred):
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        denom = 2 * tp + fp + fn
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def check_report(report: Mapping[str, Any]) -> list[str]:
+    """Contract keys missing from a report (empty when complete)."""
+    missing = [k for k in REPORT_KEYS if k not in report]
+    missing += [f"n.{k}" for k in ("train", "val", "test") if k not in report.get("n", {})]
+    missing += [f"stc.{k}" for k in STC_KEYS if k not in report.get("stc", {})]
+    missing += [f"baselines.{k}" for k in BASELINE_NAMES if k not in report.get("baselines", {})]
+    for i, entry in enumerate(report.get("layers", [])):
+        missing += [f"layers[{i}].{k}" for k in LAYER_KEYS if k not in entry]
+    missing += [f"timing_s.{k}" for k in TIMING_KEYS if k not in report.get("timing_s", {})]
+    return missing
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NumPy scalars to Python, NaN/inf to null, tuples to lists."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_clean(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON (indented, NaN as null)."""
+    path = Path(path)
+    path.write_text(json.dumps(_clean(obj), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}"
+
+
+_ROW_NAMES = {"last_layer": "last layer", "best_layer": "best layer", "all_layers_concat": "all layers"}
+
+
+def render_table(report: Mapping[str, Any]):
+    """A rich Table: baselines vs STC, val and test accuracy, features kept (fits 80 columns)."""
+    from rich import box
+    from rich.table import Table
+
+    n = report.get("n", {})
+    title = (
+        f"{report.get('label')}: {len(report.get('classes', []))} classes, train {n.get('train')} / "
+        f"val {n.get('val')} / test {n.get('test')}, {report.get('backend')} on {report.get('device')}"
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col, just in (("probe", "left"), ("site/pool", "left"), ("layers", "left"), ("eta", "right"),
+                      ("C", "right"), ("feats", "right"), ("val %", "right"), ("test %", "right"),
+                      ("F1 %", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for name in BASELINE_NAMES:
+        b = report.get("baselines", {}).get(name)
+        if not b:
+            table.add_row(_ROW_NAMES[name], "skipped", "", "", "", "", "", "", "", style="dim")
+            continue
+        table.add_row(_ROW_NAMES[name], f"{b.get('site')}/{b.get('pool')}", _layers_text(b), "",
+                      f"{b.get('C'):g}", str(b.get("n_features")), _fmt(b.get("val")), _fmt(b.get("test")),
+                      _fmt(b.get("macro_f1")))
+    s = report["stc"]
+    table.add_row(
+        "STC", f"{s['site']}/{s['pool']}", _layers_text(s), f"{s['eta']:g}", f"{s['C']:g}",
+        str(s["n_features"]), _fmt(s["val"]), _fmt(s["test"]), _fmt(s.get("macro_f1")), style="bold",
+    )
+    return table
+
+
+def _layers_text(entry: Mapping[str, Any]) -> str:
+    if "layer" in entry and entry.get("layer") is not None:
+        return f"{str(entry.get('site', '?'))[0]}{entry['layer']}"
+    layers = entry.get("layers") or {}
+    parts = []
+    for site in ("hidden", "ffn"):
+        ls = layers.get(site) or []
+        if ls:
+            parts.append(f"{site[0]}{min(ls)}-{max(ls)}" if len(ls) > 1 else f"{site[0]}{ls[0]}")
+    return " ".join(parts) or "-"

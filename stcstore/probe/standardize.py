@@ -1,0 +1,170 @@
+"""Streaming standardisation statistics of the train rows, cached in the store for reuse.
+
+Statistics are merged chunk by chunk in float64 (Chan et al.'s parallel update), so no
+float64 copy of a block ever exists. They are cached per (site, pool, layer) as small
+safetensors files under `<run>/_cache/standardize/<key>/`, `key` hashing the run and the exact
+train rows: a second experiment with the same train rows (another label column with a
+split column or source splits, another grid) reads them instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..store.layout import CACHE_GROUP
+
+__all__ = ["StreamingScaler", "StatsCache", "cache_key"]
+
+log = logging.getLogger(__name__)
+
+CACHE_SUBDIR = "standardize"
+_MERGE_ROWS = 512
+
+
+class StreamingScaler:
+    """StandardScaler fitted chunk by chunk: float64 accumulators, zero variance -> scale 1."""
+
+    def __init__(self) -> None:
+        self.n_samples_seen_: int = 0
+        self.mean_: Optional[np.ndarray] = None
+        self._m2: Optional[np.ndarray] = None
+
+    def partial_fit(self, X: np.ndarray) -> "StreamingScaler":
+        """Merge one chunk of rows (n, d) into the running mean and sum of squared deviations."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"expected a 2-d chunk, got shape {X.shape}")
+        # float64 temporaries stay a few MB however many rows come in
+        for start in range(0, X.shape[0], _MERGE_ROWS):
+            self._merge(X[start:start + _MERGE_ROWS])
+        return self
+
+    def _merge(self, X: np.ndarray) -> None:
+        n = X.shape[0]
+        if n == 0:
+            return
+        chunk = X.astype(np.float64)
+        c_mean = chunk.mean(axis=0)
+        c_m2 = ((chunk - c_mean) ** 2).sum(axis=0)
+        if self.mean_ is None:
+            self.mean_, self._m2, self.n_samples_seen_ = c_mean, c_m2, n
+            return
+        if X.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"chunk width {X.shape[1]} != {self.mean_.shape[0]}")
+        tot = self.n_samples_seen_ + n
+        delta = c_mean - self.mean_
+        self.mean_ = self.mean_ + delta * (n / tot)
+        self._m2 = self._m2 + c_m2 + delta * delta * (self.n_samples_seen_ * n / tot)
+        self.n_samples_seen_ = tot
+
+    @property
+    def var_(self) -> np.ndarray:
+        """Population variance (ddof 0, as sklearn's StandardScaler)."""
+        if self._m2 is None:
+            raise ValueError("StreamingScaler has seen no rows")
+        return self._m2 / max(self.n_samples_seen_, 1)
+
+    @property
+    def scale_(self) -> np.ndarray:
+        """Standard deviation, 1 where a feature is constant (so it standardises to 0).
+
+        "Constant" allows float rounding: a spread below 1e-7 of the feature's magnitude is
+        noise of the accumulation, and dividing by it would blow the feature up.
+        """
+        s = np.sqrt(self.var_)
+        tiny = 1e-7 * np.maximum(np.abs(self.mean_), 1.0)
+        return np.where(s > tiny, s, 1.0)
+
+    @classmethod
+    def from_stats(cls, mean: np.ndarray, var: np.ndarray, n: int) -> "StreamingScaler":
+        """A fitted scaler from stored statistics."""
+        sc = cls()
+        sc.mean_ = np.asarray(mean, dtype=np.float64)
+        sc._m2 = np.asarray(var, dtype=np.float64) * n
+        sc.n_samples_seen_ = int(n)
+        return sc
+
+    def transform_(self, X: np.ndarray, chunk_rows: int = 1024) -> np.ndarray:
+        """Standardise a float32 array in place, a chunk of rows at a time; returns it."""
+        mean = self.mean_.astype(np.float32)
+        inv = (1.0 / self.scale_).astype(np.float32)
+        for start in range(0, X.shape[0], chunk_rows):
+            block = X[start:start + chunk_rows]
+            block -= mean
+            block *= inv
+        return X
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Standardised float32 copy of X."""
+        out = np.asarray(X, dtype=np.float32).copy()
+        return self.transform_(out)
+
+
+def cache_key(fingerprint_hash: str, dtype: str, selection_hash: str) -> str:
+    """Key of a run's statistics over one selection of train rows."""
+    blob = f"{fingerprint_hash}|{dtype}|{selection_hash}".encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class StatsCache:
+    """Per-layer statistics as safetensors under `<run>/_cache/standardize/<key>/`, written atomically."""
+
+    def __init__(self, run_dir: str | Path, key: str, enabled: bool = True):
+        self.dir = Path(run_dir) / CACHE_GROUP / CACHE_SUBDIR / key
+        self.key = key
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, site: str, pool: str, layer: int) -> Path:
+        return self.dir / f"{site}.{pool}.{layer:04d}.safetensors"
+
+    def load(self, site: str, pool: str, layer: int) -> Optional[StreamingScaler]:
+        """The cached scaler of one block, or None (missing or unreadable: recomputed)."""
+        if not self.enabled:
+            return None
+        path = self._path(site, pool, layer)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            t = load_file(str(path))
+            sc = StreamingScaler.from_stats(t["mean"], t["var"], int(t["count"][0]))
+        except Exception as exc:  # a torn or foreign file is recomputed, never trusted
+            log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return sc
+
+    def save(self, site: str, pool: str, layer: int, scaler: StreamingScaler) -> None:
+        """Store one block's scaler; a read-only store only logs a warning."""
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        path = self._path(site, pool, layer)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {
+                    "mean": np.ascontiguousarray(scaler.mean_, dtype=np.float64),
+                    "var": np.ascontiguousarray(scaler.var_, dtype=np.float64),
+                    "count": np.array([scaler.n_samples_seen_], dtype=np.int64),
+                },
+                str(tmp),
+                metadata={"site": site, "pool": pool, "layer": str(layer), "key": self.key},
+            )
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not cache statistics in %s (%s); they will be recomputed next time", self.dir, exc)
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,116 @@
+"""Aggregation: depths per site choice, kept-feature designs and nested masks on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stcstore.probe.aggregate import (
+    LayerProbe,
+    build_design,
+    k_values,
+    layers_for,
+    n_blocks,
+    nested_masks,
+    site_choices,
+    unique_rows,
+)
+
+N_LAYERS = {"hidden": 4, "ffn": 3}   # a 3-block model: hidden_states 0..3, ffn 0..2
+
+
+def test_site_choices():
+    assert site_choices(("hidden", "ffn")) == ["hidden", "ffn", "both"]
+    assert site_choices(("ffn", "hidden")) == ["hidden", "ffn", "both"]
+    assert site_choices(("ffn",)) == ["ffn"]
+
+
+def test_depths_layers_and_blocks():
+    assert k_values("hidden", N_LAYERS) == [1, 2, 3, 4]
+    assert k_values("ffn", N_LAYERS) == [1, 2, 3]
+    assert k_values("both", N_LAYERS) == [1, 2, 3]
+    assert layers_for("hidden", 3) == {"hidden": [0, 1, 2], "ffn": []}
+    assert layers_for("ffn", 2) == {"hidden": [], "ffn": [0, 1]}
+    # both, k blocks run: hidden entries 0..k and ffn entries 0..k-1
+    assert layers_for("both", 2) == {"hidden": [0, 1, 2], "ffn": [0, 1]}
+    assert [n_blocks("hidden", k) for k in (1, 2, 4)] == [0, 1, 3]
+    assert [n_blocks("ffn", k) for k in (1, 3)] == [1, 3]
+    assert [n_blocks("both", k) for k in (1, 3)] == [1, 3]
+    with pytest.raises(ValueError):
+        layers_for("attn", 1)
+
+
+def _probe(site: str, layer: int, order: list[int], n_tr: int = 3) -> LayerProbe:
+    """A layer probe whose kept columns encode (site, layer, neuron) in their values."""
+    m = len(order)
+    base = (100 if site == "ffn" else 0) + 10 * layer
+    cols = np.array([base + j for j in order], dtype=np.float32)
+    X = np.tile(cols, (n_tr, 1)) + np.arange(n_tr, dtype=np.float32)[:, None] / 10
+    return LayerProbe(
+        site=site, pool="mean", layer=layer, C=1.0, val=0.5, n_nonzero=m, val_by_C=[0.5],
+        coef=np.zeros((1, 8), np.float32), intercept=np.zeros(1, np.float32), order=np.array(order),
+        counts=np.array([m]), mean=cols.astype(np.float64) * 2, scale=np.ones(m),
+        X_train=X, X_val=X[:2] + 1000, X_test=X[:1] + 2000,
+    )
+
+
+def _probes() -> dict:
+    return {
+        ("hidden", 0): _probe("hidden", 0, [5, 1]),
+        ("hidden", 1): _probe("hidden", 1, [2]),
+        ("hidden", 2): _probe("hidden", 2, [7, 0, 3]),
+        ("hidden", 3): _probe("hidden", 3, []),
+        ("ffn", 0): _probe("ffn", 0, [4]),
+        ("ffn", 1): _probe("ffn", 1, [6, 2]),
+        ("ffn", 2): _probe("ffn", 2, [1]),
+    }
+
+
+def test_build_design_takes_prefixes_in_site_layer_order():
+    probes = _probes()
+    counts = {("hidden", 0): 1, ("hidden", 1): 1, ("hidden", 2): 2, ("hidden", 3): 0,
+              ("ffn", 0): 0, ("ffn", 1): 2, ("ffn", 2): 1}
+    d = build_design(probes, "both", counts)
+    # hidden 0 [5], hidden 1 [2], hidden 2 [7, 0], ffn 1 [6, 2], ffn 2 [1]
+    assert d.feature_site.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert d.feature_layer.tolist() == [0, 1, 2, 2, 1, 1, 2]
+    assert d.feature_index.tolist() == [5, 2, 7, 0, 6, 2, 1]
+    expected_cols = [5, 12, 27, 20, 116, 112, 121]
+    np.testing.assert_allclose(d.X_train[0], expected_cols)
+    np.testing.assert_allclose(d.X_train[2], np.array(expected_cols) + 0.2, rtol=1e-6)
+    np.testing.assert_allclose(d.X_val[1], np.array(expected_cols) + 1000.1, rtol=1e-6)
+    np.testing.assert_allclose(d.X_test[0], np.array(expected_cols) + 2000, rtol=1e-6)
+    np.testing.assert_allclose(d.mean, np.array(expected_cols) * 2)
+    assert d.X_train.flags["C_CONTIGUOUS"] and d.X_train.dtype == np.float32
+
+    single = build_design(probes, "ffn", counts)
+    assert single.feature_index.tolist() == [6, 2, 1]
+    empty = build_design(probes, "hidden", {k: 0 for k in counts})
+    assert empty.n_features == 0 and empty.X_train.shape == (3, 0)
+    with pytest.raises(ValueError):
+        build_design(probes, "hidden", {("hidden", 1): 2})
+
+
+def test_nested_masks_by_hand():
+    # columns: h0 h0 h1 h2 h3 f0 f1 f2
+    site = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    layer = np.array([0, 0, 1, 2, 3, 0, 1, 2])
+    m = nested_masks(site, layer, "both", [1, 2, 3])
+    assert m.astype(int).tolist() == [
+        [1, 1, 1, 0, 0, 1, 0, 0],   # 1 block: h0, h1, f0
+        [1, 1, 1, 1, 0, 1, 1, 0],   # 2 blocks: h0..h2, f0, f1
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+    h = nested_masks(site[:5], layer[:5], "hidden", [1, 2, 3, 4])
+    assert h.astype(int).tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    f = nested_masks(site[5:], layer[5:], "ffn", [2])
+    assert f.astype(int).tolist() == [[1, 1, 0]]
+
+
+def test_unique_rows_drops_empty_and_duplicates():
+    masks = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]], dtype=bool)
+    uniq, index = unique_rows(masks)
+    assert uniq.astype(int).tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert index.tolist() == [-1, 0, 0, 1, 1, 2]
+    none, idx = unique_rows(np.zeros((2, 3), bool))
+    assert none.shape == (0, 3) and idx.tolist() == [-1, -1]

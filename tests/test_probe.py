@@ -1,0 +1,357 @@
+"""`stcstore probe` end to end on synthetic stores: report contract, selection on val only,
+the classifier against a NumPy recomputation, cache reuse, bad input, and bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from conftest import REPO
+from stcstore.cli import app
+from stcstore.classifier import ClassifierArtifact
+from stcstore.probe.report import check_report
+from stcstore.store import RunLayout, RunWriter, chunk_rows_for, open_root, open_run
+
+SITES = ("hidden", "ffn")
+POOLS = ("mean", "max")
+N_LAYERS = {"hidden": 4, "ffn": 3}
+WIDTH = {"hidden": 24, "ffn": 40}
+C_GRID = "0.01,0.1,1"
+ETA_GRID = "0.3,0.6,1.0"
+
+
+# -- synthetic stores -----------------------------------------------------------------------------
+def _labels(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    sentiment = rng.integers(0, 2, n)
+    topic = rng.integers(0, 3, n)
+    fold = rng.choice(np.array(["train", "val", "test"]), n, p=[0.6, 0.2, 0.2])
+    return {
+        "sentiment": np.where(sentiment == 1, "pos", "neg"),
+        "topic": topic,
+        "one": np.full(n, "same"),
+        "fold": fold,
+        "badfold": np.where(fold == "test", "holdout", fold),
+    }
+
+
+def _activations(rng: np.random.Generator, site: str, pool: str, n_layers: int, width: int,
+                 lab: dict[str, np.ndarray]) -> np.ndarray:
+    """Noise around a nonzero mean; a few neurons of a few layers carry the labels."""
+    n = len(lab["topic"])
+    a = rng.standard_normal((n_layers, n, width)).astype(np.float32) + 2.0 + 0.1 * np.arange(width)
+    s = np.where(lab["sentiment"] == "pos", 1.0, -1.0).astype(np.float32)
+    gain = 1.0 if pool == "mean" else 0.7
+    if site == "hidden" and n_layers >= 4:
+        a[2, :, 1] += 0.9 * gain * s
+        a[2, :, 5] -= 0.5 * gain * s
+        a[3, :, 7] += 0.6 * gain * s
+        for c in range(3):
+            a[3, :, 10 + c] += 1.6 * gain * (lab["topic"] == c)
+    if site == "ffn" and n_layers >= 3:
+        a[1, :, 3] += 0.8 * gain * s
+        for c in range(3):
+            a[2, :, 20 + c] += 1.2 * gain * (lab["topic"] == c)
+    if site == "hidden" and n_layers == 2:          # the memory test's store
+        a[1, :, 0] += 1.5 * s
+        a[1, :, 9] += 1.0 * s
+    return a
+
+
+def build_store(path: Path, splits: dict[str, int], *, sites=SITES, pools=POOLS, n_layers=None, width=None,
+                chunk_rows: int | None = 64, seed: int = 0, complete: bool = True, run: str = "run0") -> Path:
+    """A store written through RunWriter (create, write_window, commit), window by window."""
+    n_layers = dict(n_layers or N_LAYERS)
+    width = dict(width or WIDTH)
+    rng = np.random.default_rng(seed)
+    labels = {s: _labels(rng, n) for s, n in splits.items()}
+    rows = chunk_rows or chunk_rows_for(min(width[s] for s in sites), "float16", max(splits.values()))
+    layout = RunLayout(splits=dict(splits), sites=tuple(sites), pools=tuple(pools),
+                       n_layers={s: n_layers[s] for s in sites}, width={s: width[s] for s in sites},
+                       dtype="float16", chunk_rows=rows)
+    root = open_root(path, create=True)
+    writer = RunWriter(root, Path(path) / run, run)
+    meta = {
+        "model": {"spec": "synthetic-bert", "weight_hash": "0123abcd", "revision": "main", "model_type": "bert",
+                  "n_layers": n_layers.get("ffn", 3), "d": width.get("hidden"), "d_ff": width.get("ffn")},
+        "extract": {"max_length": 64, "dtype": "float16", "truncation_side": "right"},
+        "dataset": {"description": "synthetic"},
+    }
+    writer.create(layout, {"model": "synthetic", "seed": seed, "rows": splits}, meta,
+                  {s: np.arange(n) for s, n in splits.items()}, labels)
+    for split, n in splits.items():
+        n_win = layout.n_windows(split)
+        for w in range(n_win if complete else n_win - 1):
+            a, b = layout.window_bounds(split, w)
+            lab = {k: v[a:b] for k, v in labels[split].items()}
+            pooled = {(site, pool): _activations(rng, site, pool, n_layers[site], width[site], lab).astype(np.float16)
+                      for site in sites for pool in pools}
+            writer.write_window(split, w, pooled, np.full(b - a, 8, np.int32), {"rows": b - a})
+    return Path(path)
+
+
+def _tree(path: Path) -> dict[str, str]:
+    """Every file under a path with a hash of its content."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _solver_available() -> bool:
+    try:
+        from stcstore.probe.solvers import get_solver  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_solver = pytest.mark.skipif(not _solver_available(), reason="stcstore.probe.solvers not installed yet")
+
+
+# -- one experiment through the CLI, inspected by several tests ------------------------------------
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Run `probe` once in-process (counting how often test accuracy is computed)."""
+    if not _solver_available():
+        pytest.skip("stcstore.probe.solvers not installed yet")
+    import stcstore.probe.search as search
+
+    base = tmp_path_factory.mktemp("probe")
+    store = build_store(base / "s.zarr", {"train": 700, "extra": 200})
+    calls: list[int] = []
+    real_accuracy = search.accuracy
+
+    def counting(y, pred):
+        calls.append(len(y))
+        return real_accuracy(y, pred)
+
+    search.accuracy = counting
+    try:
+        res = CliRunner().invoke(app, [
+            "probe", "--store", str(store), "--label", "sentiment", "--split-column", "fold", "--name", "exp1",
+            "--out", str(base / "out"), "--c-grid", C_GRID, "--eta-grid", ETA_GRID, "--no-progress",
+        ])
+    finally:
+        search.accuracy = real_accuracy
+    assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
+    exp = store / "run0" / "probes" / "exp1"
+    return {"store": store, "exp": exp, "out": base / "out", "result": res, "test_calls": calls,
+            "report": json.loads((exp / "report.json").read_text())}
+
+
+def _role_rows(store: Path, role: str) -> dict[str, np.ndarray]:
+    """Stored rows whose fold is `role`, per store split (read straight from the store)."""
+    r = open_run(store)
+    return {s: np.flatnonzero(r.column(s, "fold") == role) for s in r.splits}
+
+
+def test_report_contract(experiment):
+    rep = experiment["report"]
+    assert check_report(rep) == []
+    assert rep["label"] == "sentiment" and rep["classes"] == ["neg", "pos"] and rep["metric"] == "accuracy"
+    folds = {role: sum(len(ix) for ix in _role_rows(experiment["store"], role).values()) for role in ("train", "val", "test")}
+    assert rep["n"] == folds
+    assert {"site", "pool", "eta", "k", "C", "n_features", "val", "test", "macro_f1"} <= set(rep["stc"])
+    assert rep["stc"]["site"] in ("hidden", "ffn", "both")
+    assert rep["stc"]["eta"] in (0.3, 0.6, 1.0) and rep["stc"]["C"] in (0.01, 0.1, 1.0)
+    n_probes = sum(N_LAYERS.values()) * len(POOLS)
+    assert len(rep["layers"]) == n_probes
+    assert {(e["site"], e["pool"], e["layer"]) for e in rep["layers"]} == {
+        (s, p, l) for s in SITES for p in POOLS for l in range(N_LAYERS[s])}
+    for name in ("last_layer", "best_layer", "all_layers_concat"):
+        b = rep["baselines"][name]
+        assert 0 <= b["val"] <= 1 and 0 <= b["test"] <= 1 and b["n_features"] >= 0
+    assert rep["baselines"]["last_layer"]["site"] == "hidden"
+    assert rep["baselines"]["last_layer"]["layer"] == N_LAYERS["hidden"] - 1
+    assert all(rep["timing_s"][k] >= 0 for k in ("load", "probes", "aggregate", "total"))
+    assert rep["timing_s"]["total"] >= rep["timing_s"]["probes"]
+    # the rich table went to stdout
+    table = experiment["result"].stdout
+    assert "STC" in table and "best layer" in table and "all layers" in table
+    assert f"{100 * rep['stc']['test']:.1f}" in table
+
+
+def test_selection_uses_val_and_test_is_scored_once(experiment):
+    rep = experiment["report"]
+    search = json.loads((experiment["exp"] / "search.json").read_text())
+    assert len(search) == rep["n_configs"] > 0
+    best_val = max(c["val"] for c in search)
+    assert rep["stc"]["val"] == pytest.approx(best_val)
+    # ties go to fewer features
+    assert rep["stc"]["n_features"] == min(c["n_features"] for c in search if c["val"] == pytest.approx(best_val))
+    assert {c["site"] for c in search} == {"hidden", "ffn", "both"}
+    assert all("test" not in c for c in search)
+    # best_layer is the best single probe on val, last_layer the best pooling of the final hidden entry
+    assert rep["baselines"]["best_layer"]["val"] == pytest.approx(max(e["val"] for e in rep["layers"]))
+    last = [e for e in rep["layers"] if e["site"] == "hidden" and e["layer"] == N_LAYERS["hidden"] - 1]
+    assert rep["baselines"]["last_layer"]["val"] == pytest.approx(max(e["val"] for e in last))
+    # test accuracy computed once per reported model (winner + 3 baselines), never per layer
+    assert rep["test_scored"] == ["stc", "last_layer", "best_layer", "all_layers_concat"]
+    assert experiment["test_calls"] == [rep["n"]["test"]] * 4
+    assert all(e["test"] is None for e in rep["layers"])
+    # the signal is learnable: STC is well above chance
+    assert rep["stc"]["val"] > 0.8 and rep["stc"]["test"] > 0.75
+
+
+def _features(store: Path, art: ClassifierArtifact, rows: dict[str, np.ndarray]) -> dict:
+    r = open_run(store)
+    feats = {}
+    for site_code, layer in sorted(set(zip(art.feature_site.tolist(), art.feature_layer.tolist()))):
+        site = ("hidden", "ffn")[site_code]
+        feats[(site, layer)] = np.concatenate(
+            [r.read(s, site, art.pool, layer)[ix].astype(np.float32) for s, ix in rows.items()])
+    return feats
+
+
+def test_classifier_matches_numpy_recomputation(experiment):
+    store, rep = experiment["store"], experiment["report"]
+    folder = experiment["exp"] / "classifier"
+    art = ClassifierArtifact.load(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model"]["weight_hash"] == "0123abcd" and cfg["extract"]["max_length"] == 64
+    assert cfg["run"] == "run0" and cfg["fingerprint_hash"] and cfg["classes"] == ["neg", "pos"]
+    assert (cfg["site"], cfg["pool"], cfg["k"], cfg["eta"], cfg["C"]) == tuple(
+        rep["stc"][k] for k in ("site", "pool", "k", "eta", "C"))
+    assert cfg["layers"] == {"hidden": rep["stc"]["layers"]["hidden"], "ffn": rep["stc"]["layers"]["ffn"]}
+    assert art.n_features == rep["stc"]["n_features"] > 0
+    t = load_file(str(folder / "weights.safetensors"))
+    # the scaler is the train rows' mean and (population) std, computed here in float64
+    train = _features(store, art, _role_rows(store, "train"))
+    for f in range(art.n_features):
+        col = train[(("hidden", "ffn")[t["feature_site"][f]], int(t["feature_layer"][f]))][:, t["feature_index"][f]]
+        assert t["scaler_mean"][f] == pytest.approx(col.astype(np.float64).mean(), rel=1e-5, abs=1e-5)
+        assert t["scaler_scale"][f] == pytest.approx(col.astype(np.float64).std(), rel=1e-4)
+    labels = {role: np.concatenate([open_run(store).column(s, "sentiment")[ix] for s, ix in _role_rows(store, role).items()])
+              for role in ("val", "test")}
+    for role in ("val", "test"):
+        feats = _features(store, art, _role_rows(store, role))
+        X = np.stack([feats[(("hidden", "ffn")[s], int(l))][:, i]
+                      for s, l, i in zip(t["feature_site"], t["feature_layer"], t["feature_index"])], axis=1)
+        want = ((X - t["scaler_mean"]) / t["scaler_scale"]) @ t["coef"].T + t["intercept"]
+        got = art.decision_from_features(feats)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        pred = np.where(want[:, 0] > 0, "pos", "neg")
+        # the report's numbers are those of this classifier on those rows
+        assert rep["stc"][role] == pytest.approx(np.mean(pred == labels[role]), abs=1e-9)
+
+
+def test_outputs_written_twice(experiment):
+    exp, out = experiment["exp"], experiment["out"]
+    for folder in (exp, out):
+        names = {p.name for p in folder.iterdir()}
+        assert {"report.json", "search.json", "classifier", "accuracy_per_layer.png", "neurons_kept.png"} <= names
+        for png in ("accuracy_per_layer.png", "neurons_kept.png"):
+            assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text()) == experiment["report"]
+    assert open_run(experiment["store"]).experiments() == ["exp1"]
+
+
+def test_second_experiment_reuses_cache_without_the_model(experiment, tmp_path):
+    """Another label and grid on the same rows: statistics come from the cache; no model code runs."""
+    store = experiment["store"]
+    code = textwrap.dedent(f"""
+        import sys
+        from stcstore.cli import app
+        try:
+            app(["probe", "--store", {str(store)!r}, "--label", "topic", "--split-column", "fold",
+                 "--name", "exp2", "--eta-grid", "0.5,1", "--c-grid", "0.1,1", "--no-concat-baseline", "--pools", "mean",
+                 "--no-progress", "--no-plots"], standalone_mode=False)
+        finally:
+            # (transformers itself may be imported by the CLI's logging setup; loading a model needs these)
+            print("MODEL_CODE", any(m in sys.modules for m in ("stcstore.extract", "stcstore.models")))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "MODEL_CODE False" in res.stdout
+    rep2 = json.loads((store / "run0" / "probes" / "exp2" / "report.json").read_text())
+    n_blocks = sum(N_LAYERS.values())          # one pool
+    assert rep2["cache"]["key"] == experiment["report"]["cache"]["key"]
+    assert rep2["cache"] == {"key": rep2["cache"]["key"], "hits": n_blocks, "misses": 0}
+    assert rep2["classes"] == [0, 1, 2] and len(ClassifierArtifact.load(store / "run0" / "probes" / "exp2" / "classifier").classes) == 3
+    assert ClassifierArtifact.load(store / "run0" / "probes" / "exp2" / "classifier").n_out == 3
+    assert rep2["baselines"]["all_layers_concat"] is None
+    assert rep2["stc"]["val"] > 0.8
+    assert open_run(store).experiments() == ["exp1", "exp2"]
+
+
+# -- bad input: one line, exit 2, nothing written --------------------------------------------------
+@pytest.fixture(scope="module")
+def small_stores(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad")
+    good = build_store(base / "good.zarr", {"train": 120}, sites=("hidden",), pools=("mean",))
+    partial = build_store(base / "partial.zarr", {"train": 200}, sites=("hidden",), pools=("mean",), complete=False)
+    return good, partial
+
+
+@pytest.mark.parametrize("case", ["unknown-label", "one-class", "unknown-run", "incomplete", "bad-split-values",
+                                  "bad-name", "bad-grid"])
+def test_bad_input_one_line_exit_2_nothing_written(small_stores, case):
+    good, partial = small_stores
+    args = {
+        "unknown-label": (good, ["--label", "nope"], "label column 'nope' is not stored"),
+        "one-class": (good, ["--label", "one"], "single class"),
+        "unknown-run": (good, ["--label", "sentiment", "--run", "other"], "run 'other' not in store"),
+        "incomplete": (partial, ["--label", "sentiment"], r"not fully extracted \(3/4 windows, 75%\)"),
+        "bad-split-values": (good, ["--label", "sentiment", "--split-column", "badfold"], "'holdout'"),
+        "bad-name": (good, ["--label", "sentiment", "--name", "../escape"], "--name"),
+        "bad-grid": (good, ["--label", "sentiment", "--eta-grid", "0.5,1.5"], "--eta-grid"),
+    }[case]
+    store, extra, pattern = args
+    name = [] if "--name" in extra else ["--name", "x"]
+    before = _tree(store)
+    res = CliRunner().invoke(app, ["probe", "--store", str(store), *name, *extra, "--no-progress"])
+    assert res.exit_code == 2, (res.stdout, res.stderr, res.exception)
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(pattern, err), err
+    assert _tree(store) == before
+    assert not (store / "run0" / "probes").exists()
+
+
+def test_bad_input_through_a_real_process(small_stores):
+    good, _ = small_stores
+    before = _tree(good)
+    res = subprocess.run([sys.executable, "-m", "stcstore", "probe", "--store", str(good), "--label", "one"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and "single class" in res.stderr
+    assert _tree(good) == before
+
+
+# -- out of core -------------------------------------------------------------------------------------
+_RSS_WRAPPER = """
+import resource, subprocess, sys
+res = subprocess.run([sys.executable, "-m", "stcstore", "probe", *sys.argv[1:]], capture_output=True, text=True)
+sys.stderr.write(res.stderr)
+print(res.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+@needs_solver
+def test_peak_memory_does_not_grow_with_rows(tmp_path):
+    """Peak RSS with 4N rows exceeds that with N rows by less than one 4N-row float32 layer block."""
+    N, d = 2000, 1536
+    peaks = {}
+    for n in (N, 4 * N):
+        store = build_store(tmp_path / f"s{n}.zarr", {"train": n}, sites=("hidden",), pools=("mean",),
+                            n_layers={"hidden": 2}, width={"hidden": d}, chunk_rows=None, seed=1)
+        res = subprocess.run(
+            [sys.executable, "-c", _RSS_WRAPPER, "--store", str(store), "--label", "sentiment", "--no-concat-baseline",
+             "--no-plots", "--no-progress", "--c-grid", "0.003,0.01", "--eta-grid", "0.5,1"],
+            capture_output=True, text=True, cwd=REPO, timeout=600)
+        rc, kib = res.stdout.split()
+        assert rc == "0", res.stderr
+        peaks[n] = int(kib) * 1024
+    block = 4 * N * d * 4
+    growth = peaks[4 * N] - peaks[N]
+    print(f"peak RSS {peaks[N] / 2**20:.0f} MiB (N) vs {peaks[4 * N] / 2**20:.0f} MiB (4N); "
+          f"growth {growth / 2**20:.1f} MiB, one block {block / 2**20:.1f} MiB")
+    assert growth < block

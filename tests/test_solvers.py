@@ -1,0 +1,230 @@
+"""L1 logistic-regression solvers: torch (Newton and FISTA) against scikit-learn, masks, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stcstore.config import DEFAULT_C_GRID
+from stcstore.errors import ConfigError, DataError, LabelError, MissingDependencyError
+from stcstore.probe.solvers import (
+    PathFit,
+    decision_function,
+    get_solver,
+    l1_logistic_objective,
+    predict_labels,
+)
+from stcstore.probe.solvers.sklearn_solver import SklearnSolver
+from stcstore.probe.solvers.torch_solver import TorchSolver
+
+CS = list(DEFAULT_C_GRID)
+
+
+def make_data(n: int, d: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised features with correlated noise (a 10-factor model) and 5 informative columns."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(n, 10))
+    X = 0.5 * factors @ rng.normal(size=(10, d)) + rng.normal(size=(n, d))
+    W = np.zeros((n_classes, d))
+    W[:, :5] = 1.5 * rng.normal(size=(n_classes, 5))
+    logits = 0.5 * X @ W.T
+    if n_classes == 2:
+        y = (logits[:, 1] - logits[:, 0] + rng.logistic(size=n) > 0).astype(np.int64)
+    else:
+        y = np.argmax(logits + rng.gumbel(size=(n, n_classes)), axis=1)
+    X = (X - X.mean(0)) / X.std(0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def binary() -> tuple[np.ndarray, ...]:
+    X, y = make_data(800, 200, 2, seed=0)
+    return X[:600], y[:600], X[600:], y[600:]
+
+
+@pytest.fixture(scope="module")
+def three_class() -> tuple[np.ndarray, ...]:
+    X, y = make_data(650, 120, 3, seed=0)
+    return X[:450], y[:450], X[450:], y[450:]
+
+
+@pytest.fixture(scope="module")
+def torch_binary_fit(binary) -> PathFit:
+    Xtr, ytr, _, _ = binary
+    return TorchSolver().fit_path(Xtr, ytr, 2, CS)
+
+
+def _accuracy(X: np.ndarray, y: np.ndarray, coef: np.ndarray, icpt: np.ndarray) -> float:
+    return float((predict_labels(X, coef, icpt) == y).mean())
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def test_objective_matches_hand_computation() -> None:
+    X = np.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]])
+    y = np.array([1, 0, 1])
+    w, b, C = np.array([[0.5, -0.25]]), np.array([0.1]), 0.7
+    z = [0.5 + 0.5 + 0.1, 0.25 + 0.1, -0.5 - 0.75 + 0.1]
+    loss = sum(math.log(1 + math.exp(zi)) - yi * zi for zi, yi in zip(z, y))
+    assert l1_logistic_objective(X, y, 2, w, b, C) == pytest.approx(0.75 + C * loss, rel=1e-12)
+    # three classes: softmax cross-entropy, intercept unpenalised
+    W3 = np.array([[0.5, 0.0], [0.0, -1.0], [0.25, 0.25]])
+    b3 = np.array([0.0, 0.2, -0.1])
+    y3 = np.array([2, 0, 1])
+    expected = 2.0
+    for xi, yi in zip(X, y3):
+        zi = W3 @ xi + b3
+        expected += C * (math.log(sum(math.exp(v) for v in zi)) - zi[yi])
+    assert l1_logistic_objective(X, y3, 3, W3, b3, C) == pytest.approx(expected, rel=1e-12)
+
+
+def test_decision_function_and_labels() -> None:
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=np.float32)
+    assert np.array_equal(predict_labels(X, np.array([[1.0, -1.0]]), np.array([0.0])), [1, 0, 0])
+    W3 = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    assert decision_function(X, W3, np.zeros(3)).shape == (3, 3)
+    assert np.array_equal(predict_labels(X, W3, np.zeros(3)), [0, 1, 2])
+
+
+# ----------------------------------------------------------------------------- torch vs sklearn
+
+
+def test_torch_matches_sklearn_binary(binary, torch_binary_fit) -> None:
+    Xtr, ytr, Xva, yva = binary
+    sk = SklearnSolver(tol=1e-8).fit_path(Xtr, ytr, 2, CS)
+    th = torch_binary_fit
+    assert th.coef.shape == (1, len(CS), 1, Xtr.shape[1]) and th.coef.dtype == np.float32
+    assert th.intercept.shape == (1, len(CS), 1) and th.objective.shape == th.n_iter.shape == (1, len(CS))
+    for ci, C in enumerate(CS):
+        # both objectives recomputed independently in float64 from the returned coefficients
+        f_sk = l1_logistic_objective(Xtr, ytr, 2, sk.coef[0, ci], sk.intercept[0, ci], C)
+        f_th = l1_logistic_objective(Xtr, ytr, 2, th.coef[0, ci], th.intercept[0, ci], C)
+        assert abs(f_th - f_sk) <= 1e-3 * f_sk, (C, f_th, f_sk)
+        assert th.objective[0, ci] == pytest.approx(f_th, rel=1e-5)
+        assert _accuracy(Xva, yva, th.coef[0, ci], th.intercept[0, ci]) == \
+            _accuracy(Xva, yva, sk.coef[0, ci], sk.intercept[0, ci])
+    assert np.all(th.rel_gap <= 1e-3)
+    # sparser for smaller C: the path is an L1 path
+    nnz = [(th.coef[0, ci] != 0).sum() for ci in range(len(CS))]
+    assert nnz == sorted(nnz) and nnz[0] < Xtr.shape[1]
+
+
+def test_torch_matches_sklearn_three_classes(three_class) -> None:
+    Xtr, ytr, Xva, yva = three_class
+    sk = SklearnSolver(saga_tol=1e-5, saga_max_iter=20000).fit_path(Xtr, ytr, 3, CS)
+    th = TorchSolver().fit_path(Xtr, ytr, 3, CS)
+    assert th.coef.shape == (1, len(CS), 3, Xtr.shape[1])
+    for ci, C in enumerate(CS):
+        f_sk = l1_logistic_objective(Xtr, ytr, 3, sk.coef[0, ci], sk.intercept[0, ci], C)
+        f_th = l1_logistic_objective(Xtr, ytr, 3, th.coef[0, ci], th.intercept[0, ci], C)
+        assert abs(f_th - f_sk) <= 1e-3 * f_sk, (C, f_th, f_sk)
+        assert _accuracy(Xva, yva, th.coef[0, ci], th.intercept[0, ci]) == \
+            _accuracy(Xva, yva, sk.coef[0, ci], sk.intercept[0, ci])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fista_and_batched_path_agree_with_newton(n_classes) -> None:
+    Xtr, ytr = make_data(300, 60, n_classes, seed=2)
+    Cs = [0.03, 0.3]
+    ref = TorchSolver().fit_path(Xtr, ytr, n_classes, Cs).objective
+    for kw in (dict(method="fista"), dict(path="batch")):
+        fit = TorchSolver(**kw).fit_path(Xtr, ytr, n_classes, Cs)
+        np.testing.assert_allclose(fit.objective, ref, rtol=1e-3)
+
+
+def test_torch_tensor_input_and_c_order(binary, torch_binary_fit) -> None:
+    Xtr, ytr, _, _ = binary
+    # Cs in any order come back in the order given; X may already be a tensor
+    fit = TorchSolver().fit_path(torch.from_numpy(Xtr), ytr, 2, CS[::-1])
+    assert fit.Cs == tuple(CS[::-1])
+    np.testing.assert_allclose(fit.objective[0, ::-1], torch_binary_fit.objective[0], rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def _nested_masks(d: int, sizes: list[int]) -> np.ndarray:
+    masks = np.zeros((len(sizes), d), dtype=bool)
+    for i, s in enumerate(sizes):
+        masks[i, :s] = True
+    return masks
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_masked_fit_equals_fit_on_sliced_columns(backend, binary) -> None:
+    Xtr, ytr, _, _ = binary
+    d = Xtr.shape[1]
+    perm = np.random.default_rng(1).permutation(d)     # masks need not be contiguous
+    masks = _nested_masks(d, [0, 20, 80, d])[:, np.argsort(perm)]
+    Cs = [0.05, 0.5]
+    solver = TorchSolver() if backend == "torch" else SklearnSolver(tol=1e-8)
+    fit = solver.fit_path(Xtr, ytr, 2, Cs, masks=masks)
+    assert fit.coef.shape == (4, 2, 1, d)
+    assert np.all(fit.coef[~np.broadcast_to(masks[:, None, None, :], fit.coef.shape)] == 0)
+    for mi in range(1, len(masks)):
+        cols = np.flatnonzero(masks[mi])
+        alone = solver.fit_path(Xtr[:, cols], ytr, 2, Cs)
+        np.testing.assert_allclose(fit.objective[mi], alone.objective[0], rtol=1e-4)
+        np.testing.assert_allclose(fit.coef[mi][..., cols], alone.coef[0], atol=2e-2)
+        np.testing.assert_allclose(fit.intercept[mi], alone.intercept[0], atol=2e-2)
+    # the empty mask is the intercept-only model: log-odds of the training labels
+    p = ytr.mean()
+    np.testing.assert_allclose(fit.intercept[0, :, 0], math.log(p / (1 - p)), atol=1e-4)
+    # a larger mask can only lower the optimum
+    assert np.all(np.diff(fit.objective, axis=0) <= 1e-3 * fit.objective[1:])
+
+
+# ----------------------------------------------------------------------------- selection and errors
+
+
+def test_get_solver_picks_backends() -> None:
+    auto = get_solver()
+    assert isinstance(auto, TorchSolver)
+    assert auto.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert get_solver("torch", "cpu").device == "cpu"
+    assert isinstance(get_solver("sklearn"), SklearnSolver)
+    with pytest.raises(ConfigError):
+        get_solver("liblinear")
+    with pytest.raises(ConfigError):
+        get_solver("auto", "tpu")
+    with pytest.raises(ConfigError):
+        get_solver("sklearn", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError):
+            get_solver("torch", "cuda")
+
+
+def test_cuml_missing_is_a_clear_error() -> None:
+    try:
+        import cuml  # noqa: F401
+    except Exception:
+        with pytest.raises(MissingDependencyError, match="--backend cuml needs cuML"):
+            get_solver("cuml")
+    else:  # pragma: no cover - only on machines with cuML
+        pytest.skip("cuML is installed")
+
+
+@pytest.mark.parametrize("solver_cls", [TorchSolver, SklearnSolver])
+def test_bad_inputs_raise_typed_errors(solver_cls) -> None:
+    X, y = make_data(40, 5, 2, seed=3)
+    solver = solver_cls()
+    with pytest.raises(DataError):
+        solver.fit_path(X[:, 0], y, 2, [1.0])
+    with pytest.raises(LabelError):
+        solver.fit_path(X, np.where(y == 1, 2, 0), 2, [1.0])
+    with pytest.raises(LabelError):
+        solver.fit_path(X, y[:-1], 2, [1.0])
+    with pytest.raises(LabelError):
+        solver.fit_path(X, np.zeros_like(y), 2, [1.0])           # class 1 absent
+    with pytest.raises(DataError):
+        solver.fit_path(X, y, 2, [1.0], masks=np.ones((2, 4), dtype=bool))
+    with pytest.raises(ConfigError):
+        solver.fit_path(X, y, 2, [0.0, 1.0])
+    X_nan = X.copy()
+    X_nan[3, 2] = np.nan
+    with pytest.raises(DataError):
+        solver.fit_path(X_nan, y, 2, [1.0])
