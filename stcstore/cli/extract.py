@@ -32,6 +32,7 @@ def extract_cmd(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code from the hub."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the model."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one GPU over the GPUs and CPU memory (accelerate); also balanced, sequential."),
 ) -> None:
     """Run a model over a dataset and store pooled activations of every layer (resumable)."""
     from ..extract import extract
@@ -40,12 +41,20 @@ def extract_cmd(
         model=model, data=data, store=store, run=run, text_column=text_column, columns=split_csv(columns),
         splits=tuple(split) if split else None, pools=pool, sites=site, max_length=max_length,
         batch_size=batch_size, device=device, dtype=dtype, limit=limit, chunk_rows=chunk_rows,
-        trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress,
+        trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map,
     )
-    res = extract(cfg)
+    from ..extract.distributed import PeerFailedError
+
+    try:
+        res = extract(cfg)
+    except PeerFailedError as exc:  # under torchrun: the failing rank printed the error line
+        raise typer.Exit(exc.exit_code) from None
+    if res.rank != 0:  # under torchrun rank 0 reports for the whole job
+        return
+    ranks = f" x {res.world_size} ranks" if res.world_size > 1 else ""
     err_console.print(
         f"run [bold]{res.run}[/] in {res.store}: {res.rows_total:,} rows "
         f"({res.rows_done_now:,} now, {res.windows_resumed} windows resumed), {res.truncated:,} truncated; "
-        f"{res.rows_per_s:,.1f} rows/s, {res.tokens_per_s:,.0f} tokens/s on {res.device} ({res.compute_dtype})",
+        f"{res.rows_per_s:,.1f} rows/s, {res.tokens_per_s:,.0f} tokens/s on {res.device}{ranks} ({res.compute_dtype})",
         highlight=False,
     )

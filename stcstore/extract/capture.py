@@ -67,6 +67,7 @@ class ActivationCapture:
         self._stop_at = last if stop_early else None
         self._handles: list = []
         self._tm: Optional[TokenMask] = None
+        self._tm_on: dict[torch.device, TokenMask] = {}  # the batch's mask on other devices
         self._out: dict[tuple[str, str], list[Optional[torch.Tensor]]] = {}
         params = inspect.signature(loaded.model.forward).parameters
         self._accepts = set(params)
@@ -74,7 +75,12 @@ class ActivationCapture:
     # -- hooks -----------------------------------------------------------------------------
     def _store(self, site: str, layer: int, x: torch.Tensor) -> None:
         idx = self.layers[site].index(layer)
-        for p, v in pool_all(x, self._tm, self.pools).items():
+        tm = self._tm
+        if x.device != tm.mask.device:  # layers spread over devices (device_map): pool where the layer ran
+            if x.device not in self._tm_on:
+                self._tm_on[x.device] = TokenMask.from_attention_mask(tm.mask.to(x.device))
+            tm = self._tm_on[x.device]
+        for p, v in pool_all(x, tm, self.pools).items():
             self._out[(site, p)][idx] = v
         if self._stop_at is not None and capture_order(site, layer) == self._stop_at:
             raise _StopForward
@@ -123,6 +129,7 @@ class ActivationCapture:
     def run(self, batch: Mapping[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
         """Forward one tokenised batch; return {(site, pool): (n_layers_captured, B, width) float32}."""
         self._tm = TokenMask.from_attention_mask(batch["attention_mask"])
+        self._tm_on = {}
         self._out = {(s, p): [None] * len(ls) for s, ls in self.layers.items() for p in self.pools}
         try:
             self.loaded.model(**self.model_inputs(batch))
@@ -131,6 +138,8 @@ class ActivationCapture:
         missing = [(k, i) for k, v in self._out.items() for i, t in enumerate(v) if t is None]
         if missing:
             raise RuntimeError(f"hooks did not fire for {missing[:3]}: the architecture table entry is wrong")
-        out = {k: torch.stack(v) for k, v in self._out.items()}
+        # every pooled tensor comes back on the device of the inputs
+        dev = batch["attention_mask"].device
+        out = {k: torch.stack([t.to(dev) for t in v]) for k, v in self._out.items()}
         self._out = {}
         return out

@@ -129,8 +129,14 @@ def load_model(
     weights_dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     revision: Optional[str] = None,
+    device_map: Optional[str | dict] = None,
+    max_memory: Optional[dict] = None,
 ) -> LoadedModel:
-    """Load the base model and tokenizer of a source; raise ModelNotFoundError if it cannot be had."""
+    """Load the base model and tokenizer of a source; raise ModelNotFoundError if it cannot be had.
+
+    `device_map` (e.g. "auto", needs accelerate) spreads the layers over the GPUs and CPU memory
+    instead of moving the whole model to `device`; `max_memory` bounds what each device gets.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -154,12 +160,15 @@ def load_model(
     arch = architecture_for(config.model_type)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        model = AutoModel.from_pretrained(source.path, config=config, dtype=weights_dtype, **kwargs)
+        placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
+        model = AutoModel.from_pretrained(source.path, config=config, dtype=weights_dtype, **placement, **kwargs)
     except ImportError as exc:
         raise MissingDependencyError(f"loading {source.spec!r} needs an extra package ({exc}): pip install gguf accelerate") from None
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"model {source.spec!r} could not be loaded ({_first_line(exc)}): check the files") from None
-    model.eval().to(device)
+    model.eval()
+    if device_map is None:
+        model.to(device)
     if tokenizer.pad_token is None:
         # decoder tokenizers (GPT-2, Llama) have no pad token; the mask makes its value irrelevant
         if tokenizer.eos_token is None:
