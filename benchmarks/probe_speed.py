@@ -1,0 +1,142 @@
+"""Probe speed: the full STC search with `--backend sklearn` against the default backend.
+
+Same store, same grid (every site, pool, layer, C, eta and k), same seeded splits; each search
+runs alone in a fresh subprocess through `stcstore.probe.run_probe(ProbeConfig(...))`, with
+the per-layer statistics cache of the run cleared first so neither backend reuses the
+other's work. Full mode: MiniLM over >= 6,000 Rotten Tomatoes rows, default grids. Quick: a
+tiny synthetic store (benchmarks/synthetic.py) and a small grid, a smoke test of the path.
+
+  probe_speedup_vs_sklearn          wall time sklearn / default                  goal >= 10
+  probe_{val,test}_acc_{sklearn,default}   accuracy of the STC winner of each backend
+  probe_{val,test}_gap_pt           |default - sklearn| in accuracy points       goal <= 0.5
+  probe_seconds_{sklearn,default}, probe_phase_s_<phase>_<backend>, peak_rss_mb_probe_<backend>
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Timer, log, median, run_worker  # noqa: E402
+
+BENCHMARK = "probe_speed"
+
+
+def worker_probe(spec: dict) -> dict:
+    from stcstore.config import ProbeConfig
+    from stcstore.probe import run_probe
+
+    common.drop_warnings()
+    grid = {k: tuple(spec[k]) for k in ("c_grid", "eta_grid") if spec.get(k)}
+    cfg = ProbeConfig(store=spec["store"], label="label", backend=spec["backend"], device=spec["device"],
+                      name=spec["name"], progress=False, plots=False, **grid)
+    with Timer(spec["device"]) as t:
+        res = run_probe(cfg)
+    rep = res.report
+    stc = rep["stc"]
+    return {"seconds": t.s, "cpu_s": t.cpu, "val": stc["val"], "test": stc["test"], "backend": rep.get("backend"),
+            "device": rep.get("device"), "timing_s": rep.get("timing_s"), "n": rep["n"], "n_configs": rep.get("n_configs"),
+            "stc": {k: stc.get(k) for k in ("site", "pool", "eta", "k", "C", "n_features", "val", "test")},
+            "last_layer": {k: (rep["baselines"].get("last_layer") or {}).get(k) for k in ("val", "test")}}
+
+
+def worker_extract(spec: dict) -> dict:
+    from stcstore.config import ExtractConfig
+    from stcstore.extract import extract
+
+    common.drop_warnings()
+    res = extract(ExtractConfig(model="minilm", data="rotten_tomatoes", store=spec["store"], limit=spec["rows"],
+                                device=spec["device"], progress=False))
+    return {"seconds": res.seconds, "rows": res.rows_done_now}
+
+
+WORKERS = {"probe": worker_probe, "extract": worker_extract}
+
+
+def _clear_cache(store: Path) -> None:
+    """Remove every run's per-layer statistics cache (<run>/_cache), so each search starts cold."""
+    for cache in store.glob("*/_cache"):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=None, help="rows of Rotten Tomatoes (full mode; default 6000)")
+    p.add_argument("--store", type=Path, default=None, help="reuse an existing MiniLM store instead of extracting")
+    args = p.parse_args(argv)
+    if common.worker_dispatch(args, WORKERS):
+        return 0
+    common.check_device(args.device)
+    try:
+        from stcstore.probe import run_probe  # noqa: F401
+    except Exception as exc:
+        sys.exit(f"stcstore.probe.run_probe is not available yet ({exc!r}): nothing measured")
+    script = Path(__file__).resolve()
+    repeats = args.repeats or 1
+    t0 = time.perf_counter()
+    backends = {"sklearn": "sklearn", "default": "auto"}
+    with common.scratch_dir(BENCHMARK, args.keep) as scratch:
+        if args.store:
+            store, data = args.store, f"existing store {args.store}"
+            rows = None
+        elif args.quick:
+            from synthetic import write_synthetic_store
+
+            rows = args.rows or 300
+            store = write_synthetic_store(scratch / "syn.zarr", rows, n_layers=2, d=32, d_ff=64, pools=("mean", "max"))
+            data = f"synthetic ({rows} rows, 2 layers, d 32, d_ff 64, pools mean,max)"
+        else:
+            rows = args.rows or 6000
+            store = scratch / "rt.zarr"
+            log(f"extracting {rows} rows of rotten_tomatoes with minilm (every site and pool)")
+            r = run_worker(script, "extract", {"store": str(store), "rows": rows, "device": args.device},
+                           threads=args.threads)
+            log(f"extracted in {r['seconds']:.0f} s")
+            data = f"minilm over rotten_tomatoes, {rows} rows, every site and pool"
+        grid = {"c_grid": [0.1, 1.0], "eta_grid": [0.5, 1.0]} if args.quick else {}
+        runs: dict[str, list] = {b: [] for b in backends}
+        for rep in range(repeats):
+            order = list(backends) if rep % 2 == 0 else list(reversed(backends))
+            for b in order:
+                _clear_cache(Path(store))
+                # sklearn is the CPU reference whatever --device says; the default backend runs on --device
+                dev = "cpu" if b == "sklearn" else args.device
+                spec = {"store": str(store), "backend": backends[b], "device": dev, "name": f"bench-{b}-{rep}", **grid}
+                r = run_worker(script, "probe", spec, threads=args.threads, timeout=4 * 3600)
+                log(f"{b:>8} ({r['backend']} on {r['device']}): {r['seconds']:.1f} s, val {r['val']:.4f} "
+                    f"test {r['test']:.4f}, STC {r['stc']}")
+                runs[b].append(r)
+                shutil.rmtree(Path(store) / "probes", ignore_errors=True)
+                for d in Path(store).glob("*/probes"):
+                    shutil.rmtree(d, ignore_errors=True)
+    sec = {b: median(r["seconds"] for r in runs[b]) for b in backends}
+    first = {b: runs[b][0] for b in backends}
+    figures = {
+        "probe_speedup_vs_sklearn": sec["sklearn"] / sec["default"],
+        "probe_speedup_vs_sklearn_cpu_time": median(r["cpu_s"] for r in runs["sklearn"]) / median(r["cpu_s"] for r in runs["default"]),
+        "probe_seconds_sklearn": sec["sklearn"],
+        "probe_seconds_default": sec["default"],
+    }
+    for b in backends:
+        figures[f"probe_val_acc_{b}"] = first[b]["val"]
+        figures[f"probe_test_acc_{b}"] = first[b]["test"]
+        figures[f"peak_rss_mb_probe_{b}"] = median(r["peak_rss_mb"] for r in runs[b])
+        for phase, s in (first[b].get("timing_s") or {}).items():
+            figures[f"probe_phase_s_{phase}_{b}"] = s
+    figures["probe_val_gap_pt"] = 100 * abs(first["default"]["val"] - first["sklearn"]["val"])
+    figures["probe_test_gap_pt"] = 100 * abs(first["default"]["test"] - first["sklearn"]["test"])
+    config = {"store": data, "rows": rows, "grid": grid or "default C and eta grids (stcstore.config)",
+              "default_backend": first["default"]["backend"], "device": first["default"]["device"],
+              "n": first["default"]["n"], "n_configs": first["default"]["n_configs"], "repeats": repeats,
+              "threads": args.threads or "torch default", "seconds": round(time.perf_counter() - t0, 1)}
+    common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out,
+                        details={"runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
