@@ -183,7 +183,7 @@ def _to_tensor(X: Any, device: torch.device) -> torch.Tensor:
 
 def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device) -> _Data:
     Xt = _to_tensor(X, device)
-    if not bool(torch.isfinite(Xt).all()):
+    if not all(bool(torch.isfinite(c).all()) for c in Xt.split(1024)):
         raise DataError("X has NaN or infinite values (in float32): check the stored activations")
     yt = torch.as_tensor(y, device=device)
     K = n_outputs(n_classes)
