@@ -1,0 +1,124 @@
+"""Showing an Explanation: colour-coded tokens in the terminal (rich) and a bar chart (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import ConfigError
+from .contributions import Explanation
+
+__all__ = ["render_terminal", "plot_contributions", "target_name"]
+
+_POS = (22, 150, 60)     # green: pushes towards the shown class
+_NEG = (200, 40, 40)     # red: pushes away from it
+
+
+def target_name(expl: Explanation, target: Any = None) -> str:
+    """The class whose score the contributions add up to (binary: classes[1])."""
+    return str(expl.classes[1] if expl.binary else expl.classes[expl.column(target)])
+
+
+def _style(value: float, scale: float) -> str:
+    """Background shade proportional to |value| / scale, green for positive, red for negative."""
+    if scale <= 0 or value == 0:
+        return ""
+    a = min(1.0, abs(value) / scale) ** 0.7
+    base = _POS if value > 0 else _NEG
+    r, g, b = (int(round(255 + (c - 255) * a)) for c in base)
+    fg = "white" if a > 0.55 else "black"
+    return f"{fg} on rgb({r},{g},{b})"
+
+
+def render_terminal(expl: Explanation, console: Any, target: Any = None, top: int = 10) -> None:
+    """Print the decision, the text with each token shaded by its contribution, and the top tokens."""
+    from rich.table import Table
+    from rich.text import Text
+
+    j = expl.column(target)
+    c = expl.contributions[:, j]
+    scale = float(np.abs(c).max()) if c.size else 0.0
+    name = target_name(expl, target)
+    proba = ", ".join(f"P({k})={p:.3f}" for k, p in zip(expl.classes, expl.proba))
+    console.print(Text.assemble(("label: ", "bold"), (str(expl.label), "bold cyan"), f"   ({proba})"))
+    console.print(
+        f"score of {name!r} = intercept {expl.intercept[j]:+.4f} + sum of token contributions {c.sum():+.4f} "
+        f"= {expl.logit[j]:+.4f}   ({expl.pool} pooling, {expl.site})",
+        highlight=False,
+    )
+    console.print(Text.assemble("shading: ", ("towards " + name, _style(scale, scale)), "  ",
+                                ("away from " + name, _style(-scale, scale))))
+    console.print()
+    line = Text()
+    if expl.offsets is not None:
+        pos = 0
+        for i, (s, e) in enumerate(expl.offsets):
+            if expl.special[i] or e <= s:
+                if line and not line.plain.endswith(" "):
+                    line.append(" ")
+                line.append(expl.tokens[i], style=_style(c[i], scale) or "dim")
+                line.append(" ")
+                continue
+            if s > pos:
+                line.append(expl.text[pos:s])
+            elif s < pos:  # overlapping spans (byte-level pieces of one character): show once
+                s = pos
+            line.append(expl.text[s:e], style=_style(c[i], scale))
+            pos = max(pos, e)
+        if pos < len(expl.text):
+            line.append(expl.text[pos:], style="dim")
+    else:
+        for i, tok in enumerate(expl.tokens):
+            line.append(tok, style=_style(c[i], scale))
+            line.append(" ")
+    console.print(line)
+    if expl.truncated:
+        console.print("(the text was truncated to the run's max_length; the dim rest was not read)", style="dim")
+    console.print()
+    order = np.argsort(-np.abs(c), kind="stable")[:top]
+    table = Table("#", "token", "position", f"contribution to {name!r}", title=f"top {len(order)} tokens by |contribution|")
+    for rank, i in enumerate(order, 1):
+        table.add_row(str(rank), Text(expl.tokens[i], style=_style(c[i], scale)), str(int(i)), f"{c[i]:+.4f}")
+    console.print(table)
+
+
+def plot_contributions(expl: Explanation, path: str | Path, target: Any = None) -> Path:
+    """Bar chart of every token's contribution, in text order (top to bottom); writes a PNG (or any matplotlib format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--plot {str(path)!r} is a folder: give a file path such as explain.png")
+    j = expl.column(target)
+    c = expl.contributions[:, j]
+    n = len(c)
+    name = target_name(expl, target)
+    height = min(60.0, max(2.5, 0.24 * n + 1.4))
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    colors = [tuple(v / 255 for v in (_POS if v > 0 else _NEG)) for v in c]
+    y = np.arange(n)
+    ax.barh(y, c, color=colors)
+    ax.set_yticks(y)
+    ax.set_yticklabels(expl.tokens, fontsize=8 if n <= 80 else 6)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"contribution to the score of {name!r}")
+    ax.set_title(
+        f"label {expl.label!s}: score {expl.logit[j]:+.3f} = intercept {expl.intercept[j]:+.3f} "
+        f"+ tokens {c.sum():+.3f}\n({expl.pool} pooling, {expl.site})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot write --plot {str(path)!r} ({exc}): give a writable .png path") from None
+    finally:
+        plt.close(fig)
+    return path
