@@ -140,7 +140,7 @@ def main() -> None:
                     "platform": platform.platform(), "torch": torch.__version__,
                     "loadavg_before": os.getloadavg()},
         "settings": {"n_train": N_TRAIN, "n_val": N_VAL, "Cs": Cs, "repeats": args.repeats,
-                     "sklearn": "liblinear, tol 1e-4, intercept_scaling 100/min(C,1), one fit per (mask, C)",
+                     "sklearn": "liblinear, tol 1e-4, intercept_scaling 100/sqrt(C), one fit per (mask, C)",
                      "torch": f"{th!r}: batched proximal Newton, warm-started C path, stop on duality gap",
                      "data": args.data or "simulated MiniLM-like FFN activations"},
     }

@@ -46,6 +46,9 @@ def test_contributions_sum_to_the_predictor_logit(classifiers, tiny_model, pool,
         np.testing.assert_allclose(expl.contributions, ref_c, atol=1e-4)
         np.testing.assert_allclose(expl.intercept, ref_b, atol=1e-6)
         assert expl.label == clf.predict([text])[0]
+        for cls in ("neg", "pos"):     # the score of either class decomposes too (neg: the negated logit)
+            _, score, intercept, contrib = expl.view(cls)
+            assert abs(intercept + contrib.sum() - score) < 1e-9 and score == (1 if cls == "pos" else -1) * expl.logit[0]
         if pool in ("first", "last"):
             other = np.delete(expl.contributions, 0 if pool == "first" else len(ids) - 1, axis=0)
             assert not other.any()
@@ -62,6 +65,9 @@ def test_multiclass_sums_per_class(classifiers, pool):
         doc = expl.to_json()
         assert doc["classes"] == ["c0", "c1", "c2"] and len(doc["logit"]) == 3 and len(doc["intercept"]) == 3
         assert all(len(t["contribution"]) == 3 for t in doc["tokens"])
+        for j, c in enumerate(doc["classes"]):
+            name, score, intercept, contrib = expl.view(c)
+            assert name == c and abs(intercept + contrib.sum() - score) < 1e-9 and score == expl.logit[j]
 
 
 def test_explain_gpt2_final_norm(tiny_model, tmp_path):
@@ -89,7 +95,12 @@ def test_cli_explain_json_plot_and_terminal(classifiers, tmp_path):
     assert p.stdout.strip() == doc["label"]
     t = cli("explain", "--classifier", str(folder), TEXTS[0], "--device", "cpu")
     assert t.returncode == 0, t.stderr
-    assert "boring" in t.stdout and "intercept" in t.stdout and f"{doc['logit']:+.4f}" in t.stdout
+    # the terminal shows the score of the predicted label: the logit, or its negative for classes[0]
+    score = doc["logit"] if doc["label"] == doc["classes"][1] else -doc["logit"]
+    assert "boring" in t.stdout and f"score of {doc['label']!r}" in t.stdout and f"= {score:+.4f}" in t.stdout
+    other = doc["classes"][0] if doc["label"] == doc["classes"][1] else doc["classes"][1]
+    t2 = cli("explain", "--classifier", str(folder), TEXTS[0], "--class", other, "--device", "cpu")
+    assert f"score of {other!r}" in t2.stdout and f"= {-score:+.4f}" in t2.stdout
 
 
 def test_cli_explain_multiclass_class_option(classifiers):

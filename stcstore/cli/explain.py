@@ -19,7 +19,7 @@ def explain_cmd(
     classifier: str = typer.Option(..., "--classifier", help="The classifier/ folder written by `stcstore probe`."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also write a bar chart of the contributions (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print {text, label, logit, intercept, tokens: [{token, contribution}]} (multiclass: lists in class order)."),
-    target: Optional[str] = typer.Option(None, "--class", help="Multiclass: show contributions to this class's score [default: the predicted one]."),
+    target: Optional[str] = typer.Option(None, "--class", help="Show contributions to this class's score (default: the predicted label) (terminal and plot; --json always gives the raw logits)."),
     centered: bool = typer.Option(False, "--centered", help="Contributions relative to an average training text (activation minus the scaler mean); the intercept is then the classifier's own."),
     top: int = typer.Option(10, "--top", help="Rows of the top-tokens table."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -35,7 +35,7 @@ def explain_cmd(
         raise ConfigError(f"unknown --device {device!r}: choose from {','.join(DEVICES)}")
     clf = STCClassifier.load(classifier, device=device, model=model)
     expl = explain_text(clf, text, centered=centered)
-    expl.column(target)  # an unknown --class fails before anything is printed
+    expl.view(target)  # an unknown --class fails before anything is printed
     if plot:
         path = plot_contributions(expl, plot, target)
         err_console.print(f"wrote {path}", highlight=False, soft_wrap=True)

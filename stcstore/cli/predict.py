@@ -24,7 +24,7 @@ def predict_cmd(
     classifier: str = typer.Option(..., "--classifier", help="The classifier/ folder written by `stcstore probe`."),
     data: Optional[str] = typer.Option(None, "--data", help="csv / jsonl / parquet file (or dataset alias / hub id): predict every row of every split."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --data)."),
-    split: Optional[List[str]] = typer.Option(None, "--split", help="Only these splits of --data (repeatable) [default: all]."),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="Only these splits of --data (repeatable) (default: all)."),
     out: Optional[str] = typer.Option(None, "--out", help="Write predictions to a .csv / .tsv / .jsonl / .json / .parquet file instead of stdout."),
     proba: bool = typer.Option(False, "--proba", help="Also give class probabilities (stdout: label, then one tab-separated column per class)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document {classes, n, predictions: [{label, proba, decision}]}."),

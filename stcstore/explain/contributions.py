@@ -193,15 +193,25 @@ class Explanation:
     def binary(self) -> bool:
         return self.contributions.shape[1] == 1
 
-    def column(self, target: Any = None) -> int:
-        """Output column to show: binary 0 (towards classes[1]); multiclass the class `target` (default: the label)."""
-        if self.binary:
-            return 0
-        want = self.label if target is None else target
+    def _class_index(self, want: Any) -> int:
         for j, c in enumerate(self.classes):
             if c == want or str(c) == str(want):
                 return j
         raise ConfigError(f"class {want!r} is not one of {', '.join(map(str, self.classes))}: pass --class with one of them")
+
+    def view(self, target: Any = None) -> tuple[str, float, float, np.ndarray]:
+        """(class name, score, intercept, per-token contributions) towards `target` (default: the predicted label).
+
+        Multiclass: that class's column. Binary: the logit is the score of classes[1]; the score of
+        classes[0] is its negative (sklearn's convention), so contributions and intercept flip sign.
+        Either way intercept + contributions.sum() == score.
+        """
+        j = self._class_index(self.label if target is None else target)
+        if self.binary:
+            sign = 1.0 if j == 1 else -1.0
+            return str(self.classes[j]), sign * float(self.logit[0]), sign * float(self.intercept[0]), \
+                sign * self.contributions[:, 0]
+        return str(self.classes[j]), float(self.logit[j]), float(self.intercept[j]), self.contributions[:, j]
 
     def to_json(self) -> dict[str, Any]:
         """Binary: {"text", "label", "logit", "intercept", "tokens": [{"token", "contribution", "start", "end", "special"}],

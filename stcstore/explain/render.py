@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .contributions import Explanation
 
-__all__ = ["render_terminal", "plot_contributions", "target_name"]
+__all__ = ["render_terminal", "plot_contributions"]
 
 _POS = (22, 150, 60)     # green: pushes towards the shown class
 _NEG = (200, 40, 40)     # red: pushes away from it
-
-
-def target_name(expl: Explanation, target: Any = None) -> str:
-    """The class whose score the contributions add up to (binary: classes[1])."""
-    return str(expl.classes[1] if expl.binary else expl.classes[expl.column(target)])
 
 
 def _style(value: float, scale: float) -> str:
@@ -37,16 +32,15 @@ def render_terminal(expl: Explanation, console: Any, target: Any = None, top: in
     from rich.table import Table
     from rich.text import Text
 
-    j = expl.column(target)
-    c = expl.contributions[:, j]
+    name, score, intercept, c = expl.view(target)
     scale = float(np.abs(c).max()) if c.size else 0.0
-    name = target_name(expl, target)
     proba = ", ".join(f"P({k})={p:.3f}" for k, p in zip(expl.classes, expl.proba))
     console.print(Text.assemble(("label: ", "bold"), (str(expl.label), "bold cyan"), f"   ({proba})"))
     console.print(
-        f"score of {name!r} = intercept {expl.intercept[j]:+.4f} + sum of token contributions {c.sum():+.4f} "
-        f"= {expl.logit[j]:+.4f}   ({expl.pool} pooling, {expl.site})",
-        highlight=False,
+        f"score of {name!r} = intercept {intercept:+.4f} + sum of token contributions {c.sum():+.4f} "
+        f"= {score:+.4f}   ({expl.pool} pooling, {expl.site}"
+        f"{', relative to an average training text' if expl.centered else ''})",
+        highlight=False, soft_wrap=True,
     )
     console.print(Text.assemble("shading: ", ("towards " + name, _style(scale, scale)), "  ",
                                 ("away from " + name, _style(-scale, scale))))
@@ -94,10 +88,8 @@ def plot_contributions(expl: Explanation, path: str | Path, target: Any = None) 
     path = Path(path).expanduser()
     if path.is_dir():
         raise ConfigError(f"--plot {str(path)!r} is a folder: give a file path such as explain.png")
-    j = expl.column(target)
-    c = expl.contributions[:, j]
+    name, score, intercept, c = expl.view(target)
     n = len(c)
-    name = target_name(expl, target)
     height = min(60.0, max(2.5, 0.24 * n + 1.4))
     fig, ax = plt.subplots(figsize=(7.5, height))
     colors = [tuple(v / 255 for v in (_POS if v > 0 else _NEG)) for v in c]
@@ -109,7 +101,7 @@ def plot_contributions(expl: Explanation, path: str | Path, target: Any = None) 
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"contribution to the score of {name!r}")
     ax.set_title(
-        f"label {expl.label!s}: score {expl.logit[j]:+.3f} = intercept {expl.intercept[j]:+.3f} "
+        f"label {expl.label!s}: score of {name!r} {score:+.3f} = intercept {intercept:+.3f} "
         f"+ tokens {c.sum():+.3f}\n({expl.pool} pooling, {expl.site})",
         fontsize=9,
     )

@@ -1,8 +1,8 @@
 """L1 logistic-regression solvers behind one interface: sklearn (CPU reference), torch, cuML.
 
 `get_solver` picks a backend when it is called (never at import): torch on CUDA when a GPU is
-there, else torch on CPU, which measured faster than sklearn at equal objective (see
-benchmarks/solver_speed.py).
+there, else sklearn (see the measurement noted in `get_solver`; benchmarks/solver_speed.py
+compares the two solvers alone).
 """
 
 from __future__ import annotations

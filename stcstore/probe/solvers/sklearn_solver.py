@@ -2,12 +2,13 @@
 
 Binary problems use liblinear (coordinate-descent Newton, fast and accurate for L1). liblinear
 penalises its intercept (the weight of a synthetic constant feature s): the penalty |b| / s
-shifts the optimality condition of the intercept from sum_i r_i = 0 to |sum_i r_i| = 1 / (s C),
-so s = 100 / min(C, 1) keeps that shift at 0.01 residuals for every C (s = 100 alone moved the
-intercept by 0.007 at C = 0.01 and flipped borderline predictions), while s much larger than
-needed slows liblinear's convergence (s = 1e4 at C = 1 left 7e-5 relative objective error on
-MiniLM features with the default tol). K > 2 classes use saga, which minimises the multinomial
-loss with an unpenalised intercept (liblinear is one-vs-rest only).
+shifts the optimality condition of the intercept from sum_i r_i = 0 to |sum_i r_i| = 1 / (s C).
+s = 100 alone moved the intercept by 0.007 at C = 0.01 (a shift of 1 residual) and flipped
+borderline predictions; s far larger than needed slows liblinear's convergence (s = 1e4 at C = 1
+left 7e-5 relative objective error on MiniLM features with the default tol). s = 100 / sqrt(C)
+(C <= 1) keeps the shift at 0.01 / sqrt(C) residuals, a 1e-4 intercept change on 3,600 rows.
+K > 2 classes use saga, which minimises the multinomial loss with an unpenalised intercept
+(liblinear is one-vs-rest only). Both get a fixed random_state: liblinear permutes coordinates.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class SklearnSolver(Solver):
         # l1_ratio=1 is the L1 penalty; `penalty=` is deprecated since scikit-learn 1.8
         if binary:
             return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", tol=self.tol, max_iter=self.max_iter,
-                                      intercept_scaling=self.intercept_scaling / min(C, 1.0))
+                                      intercept_scaling=self.intercept_scaling / np.sqrt(min(C, 1.0)),
+                                      random_state=self.random_state)
         return LogisticRegression(C=C, l1_ratio=1.0, solver="saga", tol=self.saga_tol,
                                   max_iter=self.saga_max_iter, random_state=self.random_state)
 

@@ -500,7 +500,7 @@ def _model_value(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.T
 
 
 def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor, rounds: int = 2) -> torch.Tensor:
-    """Exact minimiser of the model on v's support and signs (Cholesky, float64), if it is better.
+    """Exact minimiser of the model on v's support and signs (one Cholesky solve), if it is better.
 
     First-order inner iterations find the support quickly but converge slowly on it when the
     features are correlated; on a fixed support and signs the model is a smooth quadratic,
