@@ -5,7 +5,7 @@ from .errors import StcstoreError, UserError
 
 __version__ = "0.1.0"
 
-__all__ = ["ExtractConfig", "ProbeConfig", "StcstoreError", "UserError", "extract", "open_run", "__version__"]
+__all__ = ["ExtractConfig", "ProbeConfig", "StcstoreError", "UserError", "extract", "open_run", "STCClassifier", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from .store import open_run
 
         return open_run
+    if name == "STCClassifier":
+        from .classifier.predictor import STCClassifier
+
+        return STCClassifier
     raise AttributeError(name)

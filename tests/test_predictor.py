@@ -216,3 +216,13 @@ def test_classifier_reading_beyond_the_model_is_refused(tiny_model, tmp_path):
     art = hand_artifact(tiny_model("bert"), "mean", [("ffn", 0, 64)])   # d_ff is 64: neuron 64 does not exist
     with pytest.raises(ClassifierError, match="width"):
         STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu")
+
+
+def test_public_import_paths_are_the_predictor_class():
+    import stcstore
+    import stcstore.classifier as pkg
+
+    assert pkg.STCClassifier is STCClassifier and stcstore.STCClassifier is STCClassifier
+    assert pkg.pooled_features is pooled_features
+    with pytest.raises(AttributeError):
+        pkg.NoSuchThing  # noqa: B018
