@@ -368,36 +368,44 @@ class _Writer(threading.Thread):
     def __init__(self, writer: RunWriter):
         super().__init__(daemon=True, name="stcstore-writer")
         self.writer = writer
-        self.jobs: queue.Queue = queue.Queue(maxsize=2)  # bounds memory to ~2 windows in flight
+        self.jobs: queue.Queue = queue.Queue()
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         while True:
             job = self.jobs.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue
             try:
-                self._write(*job)
+                if job is None:
+                    return
+                if self.error is None:
+                    self._write(*job)
             except BaseException as exc:  # surfaced in the main thread by check()
                 self.error = exc
+            finally:
+                del job
+                self.jobs.task_done()
 
     def _write(self, split, window, rows, parts, n_tokens, record) -> None:
         lay = self.writer.layout
-        pooled: dict[tuple[str, str], np.ndarray] = {}
-        for idx, values, event in parts:
+        for _, _, event in parts:
             if event is not None:
                 event.synchronize()  # the pinned copy of this batch has landed
-            for key, t in values.items():
-                buf = pooled.get(key)
-                if buf is None:
-                    buf = pooled[key] = np.empty((t.shape[0], rows, t.shape[2]), dtype=lay.dtype)
-                buf[:, idx, :] = t.numpy()
+        keys = list(parts[0][1]) if parts else []
+        # one array at a time, dropping its batch tensors as they are copied: the window's
+        # memory shrinks while it is written instead of briefly doubling
         with quiet_zarr():
-            self.writer.write_window(split, window, pooled, n_tokens, record)
+            for key in keys:
+                first = parts[0][1][key]
+                buf = np.empty((first.shape[0], rows, first.shape[2]), dtype=lay.dtype)
+                for idx, values, _ in parts:
+                    buf[:, idx, :] = values.pop(key).numpy()
+                self.writer.write_arrays(split, window, {key: buf})
+                del buf
+            self.writer.finish_window(split, window, n_tokens, record)
 
     def submit(self, job) -> None:
+        """Hand over a window once the previous one is written: at most two windows in memory."""
+        self.jobs.join()
         self.check()
         self.jobs.put(job)
 
@@ -424,21 +432,30 @@ def _to_host(values: dict, store_dtype: str, device: torch.device):
     return out, event
 
 
-def _check_range(values: dict, store_dtype: str, split: str, start: int) -> None:
-    """Refuse non-finite activations, and values that float16 would store as inf."""
-    for (site, pool), t in values.items():
-        amax = t.abs().amax(dim=(1, 2))
-        bad = ~torch.isfinite(amax)
+def _window_amax(values: dict, acc: Optional[dict]) -> dict:
+    """Running per-layer max |value| of each (site, pool), kept on the device (no sync per batch)."""
+    out = {}
+    for key, t in values.items():
+        amax = t.detach().abs().amax(dim=(1, 2)).float()
+        out[key] = amax if acc is None else torch.maximum(acc[key], amax)
+    return out
+
+
+def _check_range(amax: dict, store_dtype: str, split: str, start: int) -> None:
+    """Refuse non-finite activations, and values that float16 would store as inf (once per window)."""
+    for (site, pool), a in amax.items():
+        a = a.cpu()
+        bad = ~torch.isfinite(a)
         if bad.any():
             layer = int(torch.nonzero(bad)[0])
             raise StcstoreError(
                 f"the model produced non-finite {site} activations at layer {layer} (split {split!r}, rows from {start}): "
                 f"rerun with --dtype float32"
             )
-        if store_dtype == "float16" and bool((amax > _FP16_MAX).any()):
-            layer = int(torch.nonzero(amax > _FP16_MAX)[0])
+        if store_dtype == "float16" and bool((a > _FP16_MAX).any()):
+            layer = int(torch.nonzero(a > _FP16_MAX)[0])
             raise Float16OverflowError(
-                f"{site}/{pool} layer {layer} has values up to {float(amax[layer]):.3g}, beyond float16 "
+                f"{site}/{pool} layer {layer} has values up to {float(a[layer]):.3g}, beyond float16 "
                 f"(split {split!r}, rows from {start}): rerun with --dtype float32 and a new --run"
             )
 
@@ -461,13 +478,15 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
                 start, stop = lay.window_bounds(split, window)
                 t_win = time.perf_counter()
                 tw = tokenize_window(loaded.tokenizer, source.splits[split].texts(start, stop), prep.max_length, split, start)
-                parts = []
+                parts, amax = [], None
                 for idx, batch in iter_batches(tw, config.batch_size, pad_id, device):
                     values = cap.run(batch)
-                    _check_range(values, lay.dtype, split, start)
+                    amax = _window_amax(values, amax)
                     host, event = _to_host(values, lay.dtype, device)
                     parts.append((idx, host, event))
                     progress.update(len(idx))
+                if amax is not None:
+                    _check_range(amax, lay.dtype, split, start)
                 tokens = int(tw.n_tokens.sum())
                 record = {"rows": stop - start, "tokens": tokens, "truncated": tw.truncated,
                           "seconds": round(time.perf_counter() - t_win, 3), "rank": rank}

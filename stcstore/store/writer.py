@@ -155,9 +155,18 @@ class RunWriter:
         record: dict[str, Any],
     ) -> None:
         """Write one window's arrays (whole chunks), then commit it in the manifest."""
+        self.write_arrays(split, window, pooled)
+        self.finish_window(split, window, n_tokens, record)
+
+    def write_arrays(self, split: str, window: int, pooled: Mapping[tuple[str, str], np.ndarray]) -> None:
+        """Write some (site, pool) arrays of one window; it stays uncommitted until finish_window."""
         start, stop = self.layout.window_bounds(split, window)
         for (site, pool), values in pooled.items():
             self._arrays[(split, site, pool)][:, start:stop, :] = values
+
+    def finish_window(self, split: str, window: int, n_tokens: np.ndarray, record: dict[str, Any]) -> None:
+        """Write the window's token counts and commit it: only now does resume skip it."""
+        start, stop = self.layout.window_bounds(split, window)
         self._ntok[split][start:stop] = n_tokens
         commit_window(self.run_dir, split, window, record)
 
