@@ -52,7 +52,7 @@ def worker_probe(spec: dict) -> dict:
     cfg = ProbeConfig(store=spec["store"], label="label", backend=spec.get("backend", "auto"), device=spec["device"],
                       progress=False, plots=False, name=spec.get("name"), **grid)
     with Timer(spec["device"]) as t:
-        res = run_probe(cfg)
+        res = run_probe(cfg, concat_baseline=spec.get("concat_baseline", True))
     stc = res.report["stc"]
     return {"seconds": t.s, "rss_after_import_mb": base, "val": stc["val"], "test": stc["test"],
             "n": res.report["n"], "backend": res.report.get("backend")}
@@ -75,6 +75,12 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="extract,probe", help="comma list of extract,probe")
     p.add_argument("--n-extract", type=int, default=None, help="N for extract (10N must fit in 12,808 rows)")
     p.add_argument("--n-probe", type=int, default=None, help="N for probe")
+    p.add_argument("--no-concat-baseline", action="store_true",
+                   help="probe without the all-layers-concat baseline (figures get a _noconcat suffix)")
+    p.add_argument("--default-grid", action="store_true", help="probe with the default C and eta grids (slow)")
+    p.add_argument("--probe-backend", default="auto", help="probe --backend (figures of a non-auto backend get a _<backend> suffix)")
+    p.add_argument("--no-merge", action="store_true",
+                   help="do not keep the figures of parts not run from an existing result file")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -82,12 +88,15 @@ def main(argv=None) -> int:
     parts = args.parts.split(",")
     n_ex = args.n_extract or (64 if args.quick else 1280)
     n_pr = args.n_probe or (200 if args.quick else 1000)
-    # quick: a tiny synthetic shape and grid (a smoke test of the path); full: MiniLM's shape, default grid
+    # quick: a tiny synthetic shape (a smoke test of the path); full: MiniLM's shape. Both use a
+    # two-point grid holding the default grid's largest design (C 1, eta 1: the most kept and
+    # nonzero features), which sets the peak; the other grid points only add time
     shape = dict(n_layers=2, d=32, d_ff=64) if args.quick else dict(n_layers=6, d=384, d_ff=1536)
-    grid = {"c_grid": [0.1, 1.0], "eta_grid": [0.5, 1.0]} if args.quick else {}
+    grid = {"c_grid": [0.1, 1.0], "eta_grid": [0.5, 1.0]} if args.quick or not args.default_grid else {}
     script = Path(__file__).resolve()
     figures: dict = {}
     details: dict = {}
+    probe_backend = None
     t0 = time.perf_counter()
     with common.scratch_dir(BENCHMARK, args.keep) as scratch:
         if "extract" in parts:
@@ -109,30 +118,54 @@ def main(argv=None) -> int:
             from synthetic import write_synthetic_store
 
             peaks = {}
+            sfx = ("" if args.probe_backend == "auto" else f"_{args.probe_backend}") + (
+                "_noconcat" if args.no_concat_baseline else "")
             for n in (n_pr, 10 * n_pr):
                 store = scratch / f"syn-{n}.zarr"
                 with Timer() as tw:
                     write_synthetic_store(store, n, **shape)
                 log(f"synthetic store of {n} rows written in {tw.s:.1f} s ({common.dir_bytes(store) / 2**20:.0f} MiB)")
-                r = run_worker(script, "probe", {"store": str(store), "device": args.device, "name": "mem", **grid},
-                               threads=args.threads)
-                log(f"probe {n:>6} rows: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MiB "
+                r = run_worker(script, "probe", {"store": str(store), "device": args.device, "name": "mem",
+                                                 "backend": args.probe_backend,
+                                                 "concat_baseline": not args.no_concat_baseline, **grid}, threads=args.threads)
+                log(f"probe {n:>6} rows ({r['backend']}): {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MiB "
                     f"(after imports {r['rss_after_import_mb']:.0f} MiB), val {r['val']:.3f} test {r['test']:.3f}")
                 peaks[n] = r
-                details[f"probe_{n}"] = r
+                details[f"probe{sfx}_{n}"] = r
                 shutil.rmtree(store, ignore_errors=True)
-            figures["rss_ratio_10x_probe"] = peaks[10 * n_pr]["peak_rss_mb"] / peaks[n_pr]["peak_rss_mb"]
-            figures["rss_delta_mb_10x_probe"] = peaks[10 * n_pr]["peak_rss_mb"] - peaks[n_pr]["peak_rss_mb"]
+            figures[f"rss_ratio_10x_probe{sfx}"] = peaks[10 * n_pr]["peak_rss_mb"] / peaks[n_pr]["peak_rss_mb"]
+            figures[f"rss_delta_mb_10x_probe{sfx}"] = peaks[10 * n_pr]["peak_rss_mb"] - peaks[n_pr]["peak_rss_mb"]
             for n, r in peaks.items():
-                figures[f"peak_rss_mb_probe_{n}"] = r["peak_rss_mb"]
-            figures["rss_after_import_mb_probe"] = peaks[n_pr]["rss_after_import_mb"]
-    config = {"extract": {"model": "minilm", "data": "rotten_tomatoes (bundled)", "N": n_ex, "sites": "hidden,ffn",
-                          "pools": "mean,max,first,last"} if "extract" in parts else None,
-              "probe": {"store": f"synthetic ({shape['n_layers']} layers, d {shape['d']}, d_ff {shape['d_ff']}), "
-                                 "pool mean, 2 classes", "N": n_pr, "backend": "auto",
-                        "grid": grid or "default C and eta grids"} if "probe" in parts else None,
-              "rss": "peak RSS of the measuring subprocess (os.wait4 ru_maxrss), imports included",
-              "seconds": round(time.perf_counter() - t0, 1)}
+                figures[f"peak_rss_mb_probe{sfx}_{n}"] = r["peak_rss_mb"]
+            figures[f"rss_after_import_mb_probe{sfx}"] = peaks[n_pr]["rss_after_import_mb"]
+            probe_backend = peaks[n_pr]["backend"]
+    today = time.strftime("%Y-%m-%d")
+    config = {"rss": "peak RSS of the measuring subprocess (os.wait4 ru_maxrss), imports included"}
+    if "extract" in parts:
+        config["extract"] = {"model": "minilm", "data": "rotten_tomatoes (bundled)", "N": n_ex, "sites": "hidden,ffn",
+                             "pools": "mean,max,first,last", "measured": today,
+                             "seconds": round(time.perf_counter() - t0, 1)}
+    if probe_backend is not None:
+        config[f"probe{sfx}"] = {"store": f"synthetic ({shape['n_layers']} layers, d {shape['d']}, d_ff {shape['d_ff']}), "
+                                           "pool mean, 2 classes", "N": n_pr,
+                                 "backend": f"{probe_backend} (--backend {args.probe_backend})",
+                                 "grid": grid or "default C and eta grids", "measured": today,
+                                 "concat_baseline": not args.no_concat_baseline,
+                                 "seconds": round(sum(r["seconds"] for r in peaks.values()), 1)}
+    if not args.no_merge:
+        # keep what an earlier run measured for the parts not run now (e.g. --parts probe)
+        old_path = common.result_path(BENCHMARK, args.device, args.quick, args.out)
+        if old_path.is_file():
+            import json
+
+            old = json.loads(old_path.read_text())
+            for k, v in old.get("figures", {}).items():
+                figures.setdefault(k, v)
+            for k, v in (old.get("details") or {}).items():
+                details.setdefault(k, v)
+            for k, v in old.get("config", {}).items():
+                if k not in ("quick", "seconds"):
+                    config.setdefault(k, v)
     common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
     return 0
 

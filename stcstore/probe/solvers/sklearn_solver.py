@@ -73,7 +73,8 @@ class SklearnSolver(Solver):
         n_iter = np.zeros((M, nC), dtype=np.int64)
         for mi in range(M):
             cols = np.flatnonzero(masks[mi])
-            Xm = X[:, cols] if len(cols) < d else X
+            # liblinear and saga work in float64 C order: convert once per mask, not once per C
+            Xm = np.ascontiguousarray(X[:, cols] if len(cols) < d else X, dtype=np.float64)
             for ci, C in enumerate(Cs_t):
                 if len(cols) == 0:  # no feature allowed: the intercept-only model
                     b = _intercept_only(y, n_classes)
@@ -91,6 +92,7 @@ class SklearnSolver(Solver):
                 icpt[mi, ci] = model.intercept_
                 n_iter[mi, ci] = int(np.max(model.n_iter_))
                 obj[mi, ci] = l1_logistic_objective(Xm, y, n_classes, model.coef_, model.intercept_, C)
+            del Xm
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t,
                        rel_gap=np.full((M, nC), np.nan))
 
