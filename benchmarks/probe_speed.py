@@ -1,9 +1,9 @@
 """Probe speed: the full STC search with `--backend sklearn` against the default backend.
 
-The compared backend is what `--backend auto` picks on --device (torch on CUDA). Where auto
-itself resolves to sklearn (the CPU default since the solvers measured sklearn faster there),
-comparing sklearn with itself says nothing, so the batched torch backend is measured instead;
-`config.compared_backend` and `config.auto_resolves_to` record which.
+The compared backend is what `--backend auto` picks on --device (the batched torch solver).
+Were auto ever to resolve to sklearn, comparing sklearn with itself would say nothing, so the
+torch backend is measured instead; `config.compared_backend` and `config.auto_resolves_to`
+record which.
 
 Same store, same grid (every site, pool, layer, C, eta and k), same seeded splits; each search
 runs alone in a fresh subprocess through `stcstore.probe.run_probe(ProbeConfig(...))`, with

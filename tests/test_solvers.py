@@ -183,10 +183,8 @@ def test_masked_fit_equals_fit_on_sliced_columns(backend, binary) -> None:
 
 def test_get_solver_picks_backends() -> None:
     auto = get_solver()
-    if torch.cuda.is_available():
-        assert isinstance(auto, TorchSolver) and auto.device == "cuda"
-    else:
-        assert isinstance(auto, SklearnSolver)
+    assert isinstance(auto, TorchSolver)
+    assert auto.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert isinstance(get_solver("torch", "cpu"), TorchSolver)
     assert get_solver("torch", "cpu").device == "cpu"
     assert isinstance(get_solver("sklearn"), SklearnSolver)

@@ -19,7 +19,7 @@ def demo_cmd(
     store: Optional[str] = typer.Option(None, "--store", help="Zarr store (default: <out>/store.zarr); an existing run is reused."),
     batch_size: int = typer.Option(32, "--batch-size", help="Rows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    backend: str = typer.Option("auto", "--backend", help="Probe solver: auto|sklearn|torch|cuml."),
+    backend: str = typer.Option("auto", "--backend", help="Probe solver: auto (the batched torch solver, on CUDA if present) | sklearn (CPU reference) | torch | cuml."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Extract MiniLM activations of Rotten Tomatoes reviews, probe them, then predict and explain two reviews."""

@@ -30,7 +30,7 @@ def probe_cmd(
     label: str = typer.Option(..., "--label", help="Stored column holding the labels (ints, bools or strings)."),
     split_column: Optional[str] = typer.Option(
         None, "--split-column", help="Stored column with values train / val (or validation) / test."),
-    backend: str = typer.Option("auto", "--backend", help="Probe solver: auto|sklearn|torch|cuml."),
+    backend: str = typer.Option("auto", "--backend", help="Probe solver: auto (the batched torch solver, on CUDA if present) | sklearn (CPU reference) | torch | cuml."),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name under <run>/probes/ (default: the label)."),
     out: Optional[str] = typer.Option(None, "--out", help="Also write report, plots and classifier/ here."),
     c_grid: Optional[str] = typer.Option(None, "--c-grid", help="Inverse L1 strengths, e.g. 0.01,0.1,1."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -18,6 +19,8 @@ class TokenMask:
     first: torch.Tensor       # (B,) index of the first real token
     last: torch.Tensor        # (B,) index of the last real token
     keep: torch.Tensor        # (B, T, 1) bool, for max pooling
+    # token positions [a, b) that are real in every row (CPU only: finding it on a GPU would sync)
+    span: Optional[tuple[int, int]] = None
 
     @classmethod
     def from_attention_mask(cls, attention_mask: torch.Tensor) -> "TokenMask":
@@ -27,7 +30,14 @@ class TokenMask:
         # argmax returns the first maximal index: the first 1 from the left, and from the right
         first = m.argmax(dim=1)
         last = t - 1 - m.flip(1).argmax(dim=1)
-        return cls(mask=m, count=m.sum(1, keepdim=True).clamp_min(1.0), first=first, last=last, keep=m.bool().unsqueeze(-1))
+        span = None
+        if m.device.type == "cpu" and bool((m.sum(1) > 0).all()):
+            a, b = int(first.max()), int(last.min()) + 1
+            # every real token lies between first and last only if the mask has no holes
+            if a < b and bool(m[:, a:b].all()):
+                span = (a, b)
+        return cls(mask=m, count=m.sum(1, keepdim=True).clamp_min(1.0), first=first, last=last,
+                   keep=m.bool().unsqueeze(-1), span=span)
 
 
 def pool(x: torch.Tensor, tm: TokenMask, how: str) -> torch.Tensor:
@@ -37,13 +47,31 @@ def pool(x: torch.Tensor, tm: TokenMask, how: str) -> torch.Tensor:
         # because bf16 sums of hundreds of tokens lose more than the fp16 store keeps
         return torch.bmm(tm.mask.unsqueeze(1), x.float()).squeeze(1) / tm.count
     if how == "max":
-        return x.masked_fill(~tm.keep, float("-inf")).amax(dim=1).float()
+        return _masked_max(x, tm).float()
     rows = torch.arange(x.shape[0], device=x.device)
     if how == "first":
         return x[rows, tm.first].float()
     if how == "last":
         return x[rows, tm.last].float()
     raise ValueError(f"unknown pooling {how!r}")
+
+
+def _masked_max(x: torch.Tensor, tm: TokenMask) -> torch.Tensor:
+    """Max over real tokens; the masked copy covers only the columns where some row is padding.
+
+    Batches are sorted by length, so the positions real in every row are most of the tensor:
+    their max needs no copy, and max is exact in any order, so the result is bitwise the
+    same as masking everything.
+    """
+    if tm.span is None:
+        return x.masked_fill(~tm.keep, float("-inf")).amax(dim=1)
+    a, b = tm.span
+    out = x[:, a:b].amax(dim=1)
+    for lo, hi in ((0, a), (b, x.shape[1])):
+        if hi > lo:
+            edge = x[:, lo:hi].masked_fill(~tm.keep[:, lo:hi], float("-inf")).amax(dim=1)
+            out = torch.maximum(out, edge)
+    return out
 
 
 def pool_all(x: torch.Tensor, tm: TokenMask, pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
