@@ -14,7 +14,7 @@ from .common import err_console, handle_errors, out_console
 @handle_errors
 def demo_cmd(
     full: bool = typer.Option(False, "--full", help="Use all 12,808 reviews and probe's full search grid (every pooling, C and eta)."),
-    rows: Optional[int] = typer.Option(None, "--rows", help="Use the first N reviews (default: 3000; with the demo's reduced grid about 5 minutes on 2 CPU cores)."),
+    rows: Optional[int] = typer.Option(None, "--rows", help="Use the first N reviews (default: 3000; with the demo's reduced grid under a minute on 2 idle CPU cores)."),
     out: str = typer.Option("stcstore-demo", "--out", help="Folder for the report, plots and classifier/."),
     store: Optional[str] = typer.Option(None, "--store", help="Zarr store (default: <out>/store.zarr); an existing run is reused."),
     batch_size: int = typer.Option(32, "--batch-size", help="Rows per forward pass."),
