@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from stcstore.probe.aggregate import (
+    SITE_CODES,
+    Design,
     LayerProbe,
     build_design,
+    carry_solutions,
+    feature_keys,
     k_values,
     layers_for,
     n_blocks,
@@ -114,3 +118,30 @@ def test_unique_rows_drops_empty_and_duplicates():
     assert index.tolist() == [-1, 0, 0, 1, 1, 2]
     none, idx = unique_rows(np.zeros((2, 3), bool))
     assert none.shape == (0, 3) and idx.tolist() == [-1, -1]
+
+
+def _keys_design(feats: list[tuple[str, int, int]]) -> Design:
+    F = len(feats)
+    z = np.zeros((2, F), np.float32)
+    return Design(X_train=z, X_val=z, X_test=z,
+                  feature_site=np.array([SITE_CODES[s] for s, _, _ in feats], np.int64),
+                  feature_layer=np.array([l for _, l, _ in feats], np.int64),
+                  feature_index=np.array([i for _, _, i in feats], np.int64),
+                  mean=np.zeros(F), scale=np.ones(F))
+
+
+def test_carry_solutions_moves_weights_by_neuron_and_depth() -> None:
+    small = _keys_design([("hidden", 0, 5), ("hidden", 0, 2), ("ffn", 1, 7)])
+    big = _keys_design([("hidden", 0, 5), ("hidden", 0, 2), ("hidden", 0, 9), ("ffn", 1, 7), ("ffn", 1, 3)])
+    # two unique masks in the small design (depths 1 and 2); three depths in the big one, the
+    # first empty there, the last without a source fit
+    coef = np.arange(2 * 2 * 1 * 3, dtype=np.float32).reshape(2, 2, 1, 3) + 1
+    icpt = np.array([[[10.0], [20.0]], [[30.0], [40.0]]], np.float32)
+    out, out_b = carry_solutions(feature_keys(small), np.array([0, 1, -1]), coef, icpt,
+                                 feature_keys(big), np.array([-1, 0, 1]))
+    assert out.shape == (2, 2, 1, 5) and out_b.shape == (2, 2, 1)
+    # big mask 0 is depth 2 (small mask 1): columns 5, 2, -, 7, - by neuron
+    np.testing.assert_array_equal(out[0, :, 0], [[7, 8, 0, 9, 0], [10, 11, 0, 12, 0]])
+    np.testing.assert_array_equal(out_b[0], [[30.0], [40.0]])
+    # big mask 1 is depth 3, which the small design never fitted: zeros
+    assert not out[1].any() and not out_b[1].any()

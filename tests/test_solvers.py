@@ -229,3 +229,42 @@ def test_bad_inputs_raise_typed_errors(solver_cls) -> None:
     X_nan[3, 2] = np.nan
     with pytest.raises(DataError):
         solver.fit_path(X_nan, y, 2, [1.0])
+    with pytest.raises(DataError, match="init has shapes"):
+        solver.fit_path(X, y, 2, [1.0], init=(np.zeros((1, 1, 1, 4)), np.zeros((1, 1, 1))))
+    with pytest.raises(DataError, match="NaN"):
+        solver.fit_path(X, y, 2, [1.0], init=(np.full((1, 1, 1, 5), np.nan), np.zeros((1, 1, 1))))
+
+
+# ----------------------------------------------------------------------------- warm starts
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_init_changes_the_work_not_the_optimum(n_classes) -> None:
+    """A start at the solution needs fewer steps; a bad start still reaches sklearn's optimum."""
+    X, y = make_data(500, 80, n_classes, seed=4)
+    Cs = [0.03, 0.3]
+    masks = np.ones((2, 80), dtype=bool)
+    masks[0, 40:] = False
+    cold = TorchSolver().fit_path(X, y, n_classes, Cs, masks=masks)
+    hot = TorchSolver().fit_path(X, y, n_classes, Cs, masks=masks, init=(cold.coef, cold.intercept))
+    rng = np.random.default_rng(0)
+    bad = TorchSolver().fit_path(X, y, n_classes, Cs, masks=masks,
+                                 init=(rng.normal(size=cold.coef.shape) * 3, rng.normal(size=cold.intercept.shape)))
+    assert hot.n_iter.sum() < cold.n_iter.sum()
+    ref = SklearnSolver(tol=1e-8, saga_tol=1e-6, saga_max_iter=20000).fit_path(X, y, n_classes, Cs, masks=masks)
+    for fit in (hot, bad):
+        assert np.all(fit.coef[0, ..., 40:] == 0)      # the mask holds from any start
+        for m in range(2):
+            for ci, C in enumerate(Cs):
+                f = l1_logistic_objective(X, y, n_classes, fit.coef[m, ci], fit.intercept[m, ci], C)
+                f_sk = l1_logistic_objective(X, y, n_classes, ref.coef[m, ci], ref.intercept[m, ci], C)
+                assert abs(f - f_sk) <= 1e-3 * f_sk, (m, C, f, f_sk)
+
+
+def test_sklearn_ignores_init(binary) -> None:
+    Xtr, ytr, _, _ = binary
+    plain = SklearnSolver().fit_path(Xtr[:, :30], ytr, 2, [0.1])
+    rng = np.random.default_rng(1)
+    started = SklearnSolver().fit_path(Xtr[:, :30], ytr, 2, [0.1],
+                                       init=(rng.normal(size=(1, 1, 1, 30)), rng.normal(size=(1, 1, 1))))
+    np.testing.assert_array_equal(plain.coef, started.coef)

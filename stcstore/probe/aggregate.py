@@ -25,6 +25,8 @@ __all__ = [
     "build_design",
     "nested_masks",
     "unique_rows",
+    "feature_keys",
+    "carry_solutions",
 ]
 
 SITE_CODES: dict[str, int] = {"hidden": 0, "ffn": 1}
@@ -197,3 +199,35 @@ def unique_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         index[i] = seen[key]
     arr = np.stack(uniq) if uniq else np.zeros((0, masks.shape[1]), dtype=bool)
     return arr, index
+
+
+def feature_keys(design: Design) -> np.ndarray:
+    """One int64 per column naming its (site, layer, neuron), comparable across designs."""
+    return (design.feature_site << 42) | (design.feature_layer << 21) | design.feature_index
+
+
+def carry_solutions(keys_from: np.ndarray, index_from: np.ndarray, coef: np.ndarray, icpt: np.ndarray,
+                    keys_to: np.ndarray, index_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solutions of one design, moved onto another's columns and unique masks, depth by depth.
+
+    coef (U, n_C, n_out, F_from) and icpt (U, n_C, n_out) are indexed by unique mask; index_*
+    give each depth k's unique-mask row (-1: empty). A column the source design lacks starts
+    at zero, and so does a mask whose depth had no source fit.
+    """
+    U = int(index_to.max()) + 1 if len(index_to) else 0
+    _, nC, n_out, _ = coef.shape
+    out = np.zeros((U, nC, n_out, len(keys_to)), np.float32)
+    out_b = np.zeros((U, nC, n_out), np.float32)
+    if len(keys_from) == 0 or U == 0:
+        return out, out_b
+    srt = np.argsort(keys_from)
+    pos = srt[np.searchsorted(keys_from, keys_to, sorter=srt).clip(max=len(srt) - 1)]
+    found = keys_from[pos] == keys_to
+    done = np.zeros(U, bool)
+    for u, p in zip(index_to, index_from):
+        if u < 0 or p < 0 or done[u]:
+            continue
+        done[u] = True
+        out[u][..., found] = coef[p][..., pos[found]]
+        out_b[u] = icpt[p]
+    return out, out_b

@@ -38,6 +38,8 @@ from .aggregate import (
     Design,
     LayerProbe,
     build_design,
+    carry_solutions,
+    feature_keys,
     k_values,
     layers_for,
     n_blocks,
@@ -164,9 +166,11 @@ def _get_solver(config: ProbeConfig) -> Any:
 
 
 def _fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-              masks: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+              masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
-    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks)
+    kw = {} if init is None else {"init": init}
+    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks, **kw)
     coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
     icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
     if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
@@ -478,6 +482,7 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
     layer_probes = {(s, l): probes[(s, pool, l)] for s in sites for l in range(n_layers[s])}
     ks = k_values(choice, n_layers)
     seen: set[tuple[int, ...]] = set()
+    prev: Optional[tuple] = None        # (feature keys, mask index, coef, intercept) of the last eta
     for ei, eta in enumerate(etas):
         progress.advance(task)
         counts = {key: int(p.counts[ei]) for key, p in layer_probes.items()}
@@ -492,7 +497,12 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
         umasks, index = unique_rows(masks)
         if len(umasks) == 0:
             continue
-        coef, icpt = _fit_path(solver, design.X_train, y_tr, K, Cs, umasks)
+        keys = feature_keys(design)
+        init = None if prev is None else carry_solutions(*prev, keys, index)
+        coef, icpt = _fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init)
+        if getattr(solver, "uses_init", False):
+            # the next eta's design holds these columns and more: these solutions start its fits
+            prev = (keys, index, coef, icpt)
         U, nC, n_out, F = coef.shape
         dec = design.X_val @ coef.reshape(U * nC * n_out, F).T + icpt.reshape(-1)
         pred = _predict(dec.reshape(len(y_va), U, nC, n_out))

@@ -26,6 +26,7 @@ __all__ = [
     "decision_function",
     "predict_labels",
     "check_inputs",
+    "check_init",
 ]
 
 
@@ -47,11 +48,19 @@ class Solver(ABC):
 
     name: str = "solver"
     device: str = "cpu"
+    # whether fit_path uses `init` (callers skip building starting points otherwise)
+    uses_init: bool = False
 
     @abstractmethod
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None) -> PathFit:
-        """Fit every (mask, C) problem on standardised X (n, d) and labels y in 0..n_classes-1."""
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
+                 ) -> PathFit:
+        """Fit every (mask, C) problem on standardised X (n, d) and labels y in 0..n_classes-1.
+
+        `init` = (coef (n_masks, n_C, n_out, d), intercept (n_masks, n_C, n_out)) is an optional
+        starting point (e.g. the solutions of a nearby problem); it changes the work done, never
+        the optimum, and a backend without warm starts ignores it.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device!r})"
@@ -110,6 +119,23 @@ def check_inputs(X: Any, y: Any, n_classes: int, Cs: Sequence[float], masks: Opt
         if m.shape[0] == 0:
             raise DataError("masks is empty: give at least one mask, or None for all features")
     return y_arr, Cs_t, np.ascontiguousarray(m)
+
+
+def check_init(init: Optional[Any], n_masks: int, n_C: int, n_out: int, d: int
+               ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Validate a fit_path starting point; return it as float32 arrays (or None)."""
+    if init is None:
+        return None
+    try:
+        coef, icpt = (np.asarray(a, dtype=np.float32) for a in init)
+    except (TypeError, ValueError):
+        raise DataError("init must be a (coef, intercept) pair of arrays") from None
+    if coef.shape != (n_masks, n_C, n_out, d) or icpt.shape != (n_masks, n_C, n_out):
+        raise DataError(f"init has shapes {coef.shape} and {icpt.shape}: expected {(n_masks, n_C, n_out, d)} "
+                        f"and {(n_masks, n_C, n_out)}")
+    if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(icpt))):
+        raise DataError("init has NaN or infinite values")
+    return coef, icpt
 
 
 def _as_2d_coef(coef: np.ndarray, intercept: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import MissingDependencyError
-from .base import PathFit, Solver, check_inputs, l1_logistic_objective, n_outputs
+from .base import PathFit, Solver, check_init, check_inputs, l1_logistic_objective, n_outputs
 
 __all__ = ["CumlSolver", "CUML_MISSING"]
 
@@ -61,11 +61,14 @@ class CumlSolver(Solver):
         self._extra = {"penalty_normalized": True} if "penalty_normalized" in params else {}
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None) -> PathFit:
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
+                 ) -> PathFit:
         """Fit every (mask, C) problem with one cuML fit each, on the mask's columns."""
         import cupy as cp
 
         y, Cs_t, masks = check_inputs(X, y, n_classes, Cs, masks)
+        # cuML fits every problem from scratch: a starting point is checked, then unused
+        check_init(init, masks.shape[0], len(Cs_t), n_outputs(n_classes), masks.shape[1])
         Xg = _to_cupy(X)
         yg = cp.asarray(y.astype(np.float32))
         n, d = Xg.shape

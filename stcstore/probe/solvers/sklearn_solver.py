@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import DataError, MissingDependencyError
-from .base import PathFit, Solver, check_inputs, l1_logistic_objective, n_outputs
+from .base import PathFit, Solver, check_init, check_inputs, l1_logistic_objective, n_outputs
 
 __all__ = ["SklearnSolver"]
 
@@ -58,9 +58,12 @@ class SklearnSolver(Solver):
                                   max_iter=self.saga_max_iter, random_state=self.random_state)
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None) -> PathFit:
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
+                 ) -> PathFit:
         """Fit every (mask, C) problem with one scikit-learn fit each, on the mask's columns."""
         y, Cs_t, masks = check_inputs(X, y, n_classes, Cs, masks)
+        # scikit-learn fits every problem from scratch: a starting point is checked, then unused
+        check_init(init, masks.shape[0], len(Cs_t), n_outputs(n_classes), masks.shape[1])
         X = _to_numpy(X)
         if not np.all(np.isfinite(X)):
             raise DataError("X has NaN or infinite values: check the stored activations")
