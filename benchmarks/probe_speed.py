@@ -8,7 +8,9 @@ record which.
 Same store, same grid (every site, pool, layer, C, eta and k), same seeded splits; each search
 runs alone in a fresh subprocess through `stcstore.probe.run_probe(ProbeConfig(...))`, with
 the per-layer statistics cache of the run cleared first so neither backend reuses the
-other's work. Full mode: MiniLM over >= 6,000 Rotten Tomatoes rows, default grids. Quick: a
+other's work. Full mode: MiniLM over >= 6,000 Rotten Tomatoes rows, default grids; or an
+existing store (--store, e.g. all 12,808 rows), optionally restricted to some poolings
+(--pools mean: a quarter of the work, the same restriction for both backends). Quick: a
 tiny synthetic store (benchmarks/synthetic.py) and a small grid, a smoke test of the path.
 
   probe_speedup_vs_sklearn          wall time sklearn / compared backend         goal >= 10
@@ -37,8 +39,9 @@ def worker_probe(spec: dict) -> dict:
 
     common.drop_warnings()
     grid = {k: tuple(spec[k]) for k in ("c_grid", "eta_grid") if spec.get(k)}
+    pools = {"pools": tuple(spec["pools"])} if spec.get("pools") else {}
     cfg = ProbeConfig(store=spec["store"], label="label", backend=spec["backend"], device=spec["device"],
-                      name=spec["name"], progress=False, plots=False, **grid)
+                      name=spec["name"], progress=False, plots=False, **grid, **pools)
     with Timer(spec["device"]) as t:
         res = run_probe(cfg)
     rep = res.report
@@ -73,6 +76,8 @@ def main(argv=None) -> int:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="rows of Rotten Tomatoes (full mode; default 6000)")
     p.add_argument("--store", type=Path, default=None, help="reuse an existing MiniLM store instead of extracting")
+    p.add_argument("--pools", default=None,
+                   help="search only these poolings (e.g. mean), the same for both backends (default: every stored one)")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -122,13 +127,15 @@ def main(argv=None) -> int:
                 _clear_cache(Path(store))
                 # sklearn is the CPU reference whatever --device says; the default backend runs on --device
                 dev = "cpu" if b == "sklearn" else args.device
-                spec = {"store": str(store), "backend": backends[b], "device": dev, "name": f"bench-{b}-{rep}", **grid}
+                name = f"bench-{b}-{rep}"
+                spec = {"store": str(store), "backend": backends[b], "device": dev, "name": name,
+                        "pools": args.pools.split(",") if args.pools else None, **grid}
                 r = run_worker(script, "probe", spec, threads=args.threads, timeout=4 * 3600)
                 log(f"{b:>8} ({r['backend']} on {r['device']}): {r['seconds']:.1f} s, val {r['val']:.4f} "
                     f"test {r['test']:.4f}, STC {r['stc']}")
                 runs[b].append(r)
-                shutil.rmtree(Path(store) / "probes", ignore_errors=True)
-                for d in Path(store).glob("*/probes"):
+                # only this benchmark's experiment: a reused store keeps its users' experiments
+                for d in Path(store).glob(f"*/probes/{name}"):
                     shutil.rmtree(d, ignore_errors=True)
     sec = {b: median(r["seconds"] for r in runs[b]) for b in backends}
     first = {b: runs[b][0] for b in backends}
@@ -151,6 +158,7 @@ def main(argv=None) -> int:
     figures["probe_val_gap_pt"] = 100 * abs(first[f]["val"] - first["sklearn"]["val"])
     figures["probe_test_gap_pt"] = 100 * abs(first[f]["test"] - first["sklearn"]["test"])
     config = {"store": data, "rows": rows, "grid": grid or "default C and eta grids (stcstore.config)",
+              "pools": args.pools or "every stored pool",
               "compared_backend": f"{first[f]['backend']} (--backend {fast})", "auto_resolves_to": auto_is,
               "device": first[f]["device"],
               "n": first[f]["n"], "n_configs": first[f]["n_configs"], "repeats": repeats,

@@ -268,3 +268,18 @@ def test_sklearn_ignores_init(binary) -> None:
     started = SklearnSolver().fit_path(Xtr[:, :30], ytr, 2, [0.1],
                                        init=(rng.normal(size=(1, 1, 1, 30)), rng.normal(size=(1, 1, 1))))
     np.testing.assert_array_equal(plain.coef, started.coef)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_newton_left_far_from_the_optimum_is_finished_by_fista(n_classes) -> None:
+    """One Newton step cannot converge: the fallback must still reach sklearn's optimum."""
+    X, y = make_data(400, 60, n_classes, seed=5)
+    Cs = [0.1, 1.0]
+    fit = TorchSolver(method="newton", max_iter=1).fit_path(X, y, n_classes, Cs)
+    ref = SklearnSolver(tol=1e-8, saga_tol=1e-6, saga_max_iter=20000).fit_path(X, y, n_classes, Cs)
+    assert np.all(fit.rel_gap <= 1e-3)
+    assert np.all(fit.n_iter > 1)          # the FISTA iterations are counted
+    for ci, C in enumerate(Cs):
+        f = l1_logistic_objective(X, y, n_classes, fit.coef[0, ci], fit.intercept[0, ci], C)
+        f_sk = l1_logistic_objective(X, y, n_classes, ref.coef[0, ci], ref.intercept[0, ci], C)
+        assert abs(f - f_sk) <= 1e-3 * f_sk, (C, f, f_sk)

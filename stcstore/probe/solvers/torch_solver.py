@@ -387,13 +387,40 @@ def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Ten
         st = _newton_step(data, tr, idx, C[idx], ev, ws, inner_max_iter, inner_rtol)
         stalled_t = st == 0
         if bool(stalled_t.any()):
-            # no descent left at float32 precision: the gap test cannot be met, stop these
+            # no descent found: at the float32 floor the gap test cannot be met; far above it
+            # (an inexact direction on a badly conditioned model) FISTA takes over below
             log.debug("newton: %d problems stalled at gaps %s", int(stalled_t.sum()),
                       _np(ev.rel_gap[stalled_t]).tolist())
             tr.active = idx[~stalled_t]
             if len(tr.active) == 0:
                 break
+    _finish_with_fista(data, C, mask, tr, tol)
     return tr.result(tol, "newton")
+
+
+def _finish_with_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, tr: "_Tracker", tol: float,
+                       max_iter: int = 20000) -> None:
+    """Continue with FISTA, from where Newton left them, the problems it left above 10 tol.
+
+    Newton stops a problem when no step along its direction decreases the objective or after
+    max_iter steps; far from the optimum that means an inexact direction on an ill-conditioned
+    Hessian, not convergence (5 of the several thousand problems of the default search on all
+    12,808 Rotten Tomatoes rows with MiniLM stopped at gaps 0.1 to 0.16). FISTA with
+    backtracking needs no Hessian and converges from any point, only more slowly.
+    """
+    bad = np.flatnonzero(~(tr.gap <= 10 * tol))
+    if len(bad) == 0:
+        return
+    log.info("torch newton: %d problems stopped at relative gaps %s (C %s); finishing them with FISTA",
+             len(bad), [f"{g:.1e}" for g in tr.gap[bad]], _np(C[bad]).tolist())
+    bi = torch.as_tensor(bad, device=tr.W.device)
+    res = _solve_fista(data, C[bi], mask[bi], tr.W[bi], tr.b[bi], tol=tol, max_iter=max_iter)
+    better = np.flatnonzero(res.objective < tr.obj[bad])
+    if len(better):
+        sel = torch.as_tensor(better, device=tr.W.device)
+        tr.W[bi[sel]], tr.b[bi[sel]] = res.W[sel], res.b[sel]
+        tr.obj[bad[better]], tr.gap[bad[better]] = res.objective[better], res.gap[better]
+    tr.n_iter[bad] += res.n_iter
 
 
 def _working_sets(W: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, min_ws: int, max_ws: int,
