@@ -4,21 +4,23 @@ Two algorithms share the data, the objective and the stopping test:
 
 * ``newton`` (default up to 8 logits): proximal Newton on working sets, in the manner of
   newGLMNET (liblinear's L1 solver). Each step builds the exact Hessian of the loss on the
-  working set (the nonzero weights plus the worst KKT violators, at most twice the support),
-  minimises the L1-penalised quadratic model (a few accelerated proximal-gradient iterations
-  find the support, then one Cholesky solve on that support finishes it exactly), and takes
-  an Armijo step. Hessians are matrix-matrix products (compute bound) where first-order
+  working set (the nonzero weights plus the worst KKT violators, 1.25 times the support),
+  minimises the L1-penalised quadratic model (accelerated proximal-gradient iterations find
+  the support, then one Cholesky solve on that support finishes it exactly), and takes an
+  Armijo step. Hessians are matrix-matrix products (compute bound) where first-order
   methods read all of X per iteration (memory bound), and on ill-conditioned activations
-  Newton needs 3-9 steps per C where FISTA needs hundreds.
+  Newton needs 3-9 steps per C where FISTA needs hundreds. A problem Newton leaves far
+  above tol (no descent along an inexact direction) is finished by FISTA.
 * ``fista``: FISTA with per-problem backtracking, gradient-based restart and one batched
   matmul each way per iteration. Used for many classes, where the Hessian grows with K^2.
 
 What is batched: every pass over X (logits of all problems in one matmul, gradients in one,
 line-search directions in one); the small dense models are solved problem by problem at
-their own size. The C path is warm-started (smallest C first, all masks of one C together),
-and each problem stops on its own relative duality gap (primal - dual) / primal <= tol, with
-a dual point built from its residuals at no extra pass over X; converged problems leave the
-batch. Float32 maths; objectives, duals and line-search differences in float64.
+their own size. The C path is warm-started (smallest C first, all masks of one C together,
+each from the better of the previous C's solution and the caller's `init`), and each
+problem stops on its own relative duality gap (primal - dual) / primal <= tol, with a dual
+point built from its residuals at no extra pass over X; converged problems leave the batch.
+Float32 maths; objectives, duals and line-search differences in float64.
 """
 
 from __future__ import annotations
