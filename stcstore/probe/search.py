@@ -169,8 +169,7 @@ def _fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Seq
               masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
-    kw = {} if init is None else {"init": init}
-    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks, **kw)
+    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks, init=init)
     coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
     icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
     if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
@@ -298,7 +297,7 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
 
     `concat_baseline` overrides `config.concat_baseline` (default True): the all-layers-concat
     baseline holds every layer of one site/pool in memory. `solver` replaces the one
-    `config.backend` picks (tests).
+    `config.backend` picks (any `Solver`).
     """
     timer = _Timer()
     t_start = time.perf_counter()
@@ -500,7 +499,7 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
         keys = feature_keys(design)
         init = None if prev is None else carry_solutions(*prev, keys, index)
         coef, icpt = _fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init)
-        if getattr(solver, "uses_init", False):
+        if solver.uses_init:
             # the next eta's design holds these columns and more: these solutions start its fits
             prev = (keys, index, coef, icpt)
         U, nC, n_out, F = coef.shape

@@ -148,7 +148,7 @@ class TorchSolver(Solver):
             for ci in np.argsort(Cs_t, kind="stable"):
                 C = torch.full((M,), Cs_t[ci], dtype=torch.float64, device=self._device)
                 if init is not None:
-                    W, b = _better_start(data, C, masks_t, (W, b), (init_W[:, ci], init_b[:, ci]))
+                    W, b = _better_start(data, C, (W, b), (init_W[:, ci], init_b[:, ci]))
                 res = engine(data, C, masks_t, W, b, **opts)
                 W, b = res.W, res.b
                 coef[:, ci], icpt[:, ci] = _np(res.W), _np(res.b)
@@ -217,13 +217,10 @@ def _prior_intercept(data: _Data) -> torch.Tensor:
     return (lp - lp.mean()).float()
 
 
-def _better_start(data: _Data, C: torch.Tensor, mask: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor],
+def _better_start(data: _Data, C: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor],
                   b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per problem, whichever of two starting points has the lower objective (one pass over X each)."""
-    objs = []
-    for W, bb in (a, b):
-        _, loss = _probs_loss(data, _logits(data, W * mask[:, None, :], bb))
-        objs.append(W.abs().sum(dim=(1, 2), dtype=torch.float64) + C * loss)
+    """Per problem, whichever of two (masked) starting points has the lower objective."""
+    objs = [_primal(W, _probs_loss(data, _logits(data, W, bb))[1], C) for W, bb in (a, b)]
     pick = objs[1] < objs[0]
     return (torch.where(pick[:, None, None], b[0], a[0]).contiguous(),
             torch.where(pick[:, None], b[1], a[1]).contiguous())
@@ -304,11 +301,16 @@ class _Eval:
     rel_gap: torch.Tensor  # (p,) float64
 
 
+def _primal(W: torch.Tensor, loss: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """sklearn's objective ||W||_1 + C * summed loss per problem, in float64."""
+    return W.abs().sum(dim=(1, 2), dtype=torch.float64) + C * loss
+
+
 def _evaluate(data: _Data, W: torch.Tensor, b: torch.Tensor, C: torch.Tensor, mask: torch.Tensor) -> _Eval:
     Z = _logits(data, W, b)
     A, loss = _probs_loss(data, Z)
     G0 = _xt(data, A - data.Y[:, None, :])
-    primal = W.abs().sum(dim=(1, 2), dtype=torch.float64) + C * loss
+    primal = _primal(W, loss, C)
     dual = _dual(data, A, G0, C, mask)
     rel_gap = (primal - dual).clamp(min=0) / primal.clamp(min=1e-300)
     return _Eval(Z=Z, A=A, G0=G0, primal=primal, rel_gap=rel_gap)
@@ -426,7 +428,7 @@ def _finish_with_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, tr: "_T
 
 
 def _working_sets(W: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, min_ws: int, max_ws: int,
-                  growth: float = 1.25) -> torch.Tensor:
+                  growth: float) -> torch.Tensor:
     """Feature indices (p, k) per problem, -1 padded: the nonzeros, then the worst KKT violators.
 
     A zero weight is optimal while |C x_j^T r| <= 1 (all classes), so only violators can enter;
