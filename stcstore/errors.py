@@ -19,6 +19,7 @@ __all__ = [
     "FingerprintMismatchError",
     "StoreLockedError",
     "IncompleteRunError",
+    "DamagedRunError",
     "LabelError",
     "ClassifierError",
     "Float16OverflowError",
@@ -72,6 +73,10 @@ class StoreLockedError(StoreError, BlockingIOError):
 
 class IncompleteRunError(StoreError):
     """The run's extraction has not finished."""
+
+
+class DamagedRunError(StoreError):
+    """Chunks of committed windows are missing or do not decode (checksum, codec, non-finite)."""
 
 
 class LabelError(UserError, ValueError):
