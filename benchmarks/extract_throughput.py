@@ -197,7 +197,7 @@ def worker_naive(spec: dict) -> dict:
 
 
 def worker_extract(spec: dict) -> dict:
-    import stcstore.extract.runner as runner
+    from stcstore.extract import runner
     from stcstore.config import ExtractConfig
 
     common.drop_warnings()
