@@ -168,3 +168,23 @@ def test_row_roles_and_selection_hash():
         FakeReader({"train": {"label": np.array([0, 1] * 10)}}), "label", seed=0).selection_hash()
     assert plan.selection_hash() != resolve_splits(
         FakeReader({"train": {"label": np.array([0, 1] * 10)}}), "label", seed=1).selection_hash()
+
+
+def test_empty_string_labels_are_unlabelled():
+    y = np.array(["pos", "neg", "", "pos", "  "] * 10, dtype=object)
+    plan = resolve_splits(FakeReader({"train": {"label": y}}), "label")
+    assert plan.classes == ["neg", "pos"]                                   # no class ''
+    assert plan.n("train") + plan.n("val") + plan.n("test") == 30
+    assert all(i % 5 in (0, 1, 3) for role in ("train", "val", "test") for i in plan.rows[role]["train"])
+
+
+def test_empty_csv_label_cells_are_unlabelled(tmp_path):
+    from stcstore.data import load_source
+
+    path = tmp_path / "d.csv"
+    rows = ["text,label"] + [f"t{i},{['pos', 'neg', ''][i % 3]}" for i in range(30)]
+    path.write_text("\n".join(rows) + "\n")
+    col = load_source(str(path)).splits["train"].column("label")          # what extract stores
+    plan = resolve_splits(FakeReader({"train": {"label": col}}), "label")
+    assert plan.classes == ["neg", "pos"]
+    assert plan.n("train") + plan.n("val") + plan.n("test") == 20

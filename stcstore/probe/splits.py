@@ -104,7 +104,8 @@ def _clean_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return values, ok
     if values.dtype.kind in "OUST":
         values = values.astype(str)
-        return values, np.ones(len(values), dtype=bool)
+        # the store keeps a missing string as '' (stcstore.data): unlabelled, like NaN above
+        return values, np.char.strip(values) != ""
     return values, np.ones(len(values), dtype=bool)
 
 
