@@ -140,6 +140,8 @@ class ProbeConfig:
             raise ConfigError("--eta-grid needs values in (0, 1], e.g. 0.5,0.8,1.0")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose from {','.join(DEVICES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {self.seed!r}")
         self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
         self.eta_grid = tuple(sorted(float(e) for e in self.eta_grid))
         return self

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import zarr
 
@@ -10,7 +14,43 @@ from ..errors import StoreError, StoreNotFoundError
 from .layout import FORMAT_VERSION, ROOT_ATTR, RUN_ATTR
 from .quiet import quiet_zarr
 
-__all__ = ["check_store_path", "open_root", "list_runs", "resolve_run"]
+__all__ = ["check_store_path", "open_root", "list_runs", "resolve_run", "metadata_errors"]
+
+
+def _damaged_metadata(store: Path) -> tuple[str, str] | None:
+    """The first zarr.json under a store that is not a Zarr v3 node document: (relative path, why)."""
+    for dirpath, dirnames, filenames in os.walk(store):
+        dirnames[:] = sorted(d for d in dirnames if d != "c")  # "c/" holds chunks, never metadata
+        if "zarr.json" not in filenames:
+            continue
+        path = Path(dirpath) / "zarr.json"
+        try:
+            doc = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return str(path.relative_to(store)), f"not JSON: {exc}"
+        if not isinstance(doc, dict) or doc.get("node_type") not in ("group", "array") \
+                or not isinstance(doc.get("attributes", {}), dict):
+            return str(path.relative_to(store)), "not a Zarr group or array document"
+    return None
+
+
+@contextmanager
+def metadata_errors(store: str | Path | None) -> Iterator[None]:
+    """Turn zarr's failure to decode a damaged zarr.json of this store into one StoreError naming the file."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (ValueError, TypeError, zarr.errors.BaseZarrError) as exc:
+        # zarr raises JSONDecodeError, TypeError or its own errors from deep inside; only a file
+        # we can point at becomes a user-facing message, anything else stays a real bug
+        found = None if store is None else _damaged_metadata(Path(store).expanduser())
+        if found is None:
+            raise
+        raise StoreError(
+            f"store {str(store)!r} is damaged: {found[0]} is {found[1]}: restore the file from a copy, "
+            f"or delete that run's folder and extract it again"
+        ) from exc
 
 
 def check_store_path(path: str | Path, *, must_exist: bool) -> Path:
@@ -30,7 +70,8 @@ def check_store_path(path: str | Path, *, must_exist: bool) -> Path:
             f"{str(p)!r} is a directory but not a stcstore store: give a new or empty path"
         )
     if has_meta:
-        attrs = zarr.open_group(str(p), mode="r").attrs.asdict()
+        with metadata_errors(p):
+            attrs = zarr.open_group(str(p), mode="r").attrs.asdict()
         meta = attrs.get(ROOT_ATTR)
         if not isinstance(meta, dict):
             raise StoreError(f"{str(p)!r} is a Zarr group but not a stcstore store: give another path")
@@ -56,7 +97,7 @@ def open_root(path: str | Path, *, create: bool = False) -> zarr.Group:
 
 def list_runs(root: zarr.Group) -> list[str]:
     """Names of the runs in a store whose arrays were fully created."""
-    with quiet_zarr():
+    with quiet_zarr(), metadata_errors(getattr(root.store, "root", None)):
         return sorted(name for name, g in root.groups() if RUN_ATTR in g.attrs)
 
 

@@ -1,0 +1,55 @@
+"""The command line as a user meets it: one-line errors, messages kept whole, help, version, output width."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _stc_helpers import cli
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model, review_csv) -> Path:
+    """A store with one complete run of the tiny BERT over the review csv."""
+    path = tmp_path_factory.mktemp("cli") / "s.zarr"
+    r = cli("extract", "--model", tiny_model("bert"), "--data", review_csv, "--store", path, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def _one_line_error(r, *words: str) -> str:
+    """Assert a user error: exit 2, nothing on stdout, one stderr line holding every word."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_probe_negative_seed_is_refused(store):
+    r = cli("probe", "--store", store, "--label", "label", "--seed", "-1", "--no-progress", "--no-plots")
+    _one_line_error(r, "--seed", "-1")
+
+
+def test_probe_config_refuses_negative_seed_in_the_library():
+    from stcstore import ProbeConfig
+    from stcstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--seed"):
+        ProbeConfig(store="s", label="label", seed=-1).validate()
+
+
+@pytest.mark.parametrize("where", ["zarr.json", "RUN/zarr.json"])
+@pytest.mark.parametrize("command", ["info", "probe"])
+def test_corrupt_metadata_is_one_line(store, tmp_path, where, command):
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(store, bad)
+    run = next(p.name for p in bad.iterdir() if p.is_dir())
+    rel = where.replace("RUN", run)
+    (bad / rel).write_text("{not json")
+    args = ["--label", "label", "--no-progress", "--no-plots"] if command == "probe" else []
+    r = cli(command, "--store", bad, *args)
+    _one_line_error(r, "damaged", rel)
