@@ -11,12 +11,18 @@ from _stc_helpers import cli
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_model, review_csv) -> Path:
-    """A store with one complete run of the tiny BERT over the review csv."""
+def extracted(tmp_path_factory, tiny_model, review_csv):
+    """One extract of the tiny BERT over the review csv: (store path, the command's result)."""
     path = tmp_path_factory.mktemp("cli") / "s.zarr"
     r = cli("extract", "--model", tiny_model("bert"), "--data", review_csv, "--store", path, "--no-progress")
     assert r.returncode == 0, r.stderr
-    return path
+    return path, r
+
+
+@pytest.fixture(scope="module")
+def store(extracted) -> Path:
+    """A store with one complete run of the tiny BERT over the review csv."""
+    return extracted[0]
 
 
 def _one_line_error(r, *words: str) -> str:
@@ -53,3 +59,26 @@ def test_corrupt_metadata_is_one_line(store, tmp_path, where, command):
     args = ["--label", "label", "--no-progress", "--no-plots"] if command == "probe" else []
     r = cli(command, "--store", bad, *args)
     _one_line_error(r, "damaged", rel)
+
+
+# -- messages are printed as written (no rich markup), lines are not hard-wrapped -------------------
+def test_brackets_in_messages_survive(store):
+    r = cli("probe", "--store", store, "--label", "label", "--backend", "cuml", "--no-progress")
+    _one_line_error(r, "pip install 'stcstore[gpu]'")
+
+
+def test_data_path_with_brackets(store, tmp_path, tiny_model, review_csv):
+    r = cli("extract", "--model", tiny_model("bert"), "--data", tmp_path / "reviews[v2].csv", "--store", tmp_path / "x")
+    _one_line_error(r, "reviews[v2].csv")
+    shutil.copy(review_csv, tmp_path / "reviews[v2].csv")
+    r = cli("extract", "--model", tiny_model("bert"), "--data", tmp_path / "reviews[v2].csv",
+            "--store", tmp_path / "x.zarr", "--no-progress", "--limit", "5")
+    assert r.returncode == 0, r.stderr
+    assert "5 rows" in r.stderr
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(extracted):
+    _, r = extracted
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80, r.stderr          # the extract summary, whole
+    assert "rows/s" in lines[0] and "tokens/s" in lines[0]

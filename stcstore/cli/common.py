@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import StcstoreError, UserError
 
-__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "split_csv"]
+__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv"]
 
+
+def _console(stderr: bool) -> Console:
+    """A console for messages that are printed as they are written."""
+    stream = sys.stderr if stderr else sys.stdout
+    # Messages carry paths, column names and extras such as `stcstore[gpu]`: rich markup would eat
+    # anything in square brackets, so styling is explicit (rich Text), never parsed from strings.
+    # Piped output is not hard-wrapped at 80 columns (a suggested command must stay one line):
+    # lines wrap only in a terminal, and tables get room to take their natural width.
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True, emoji=False,
+                   width=_PIPED_WIDTH if piped else None)
+
+
+# wide enough for any table we print; lines themselves are never wrapped (soft_wrap)
+_PIPED_WIDTH = 400
 # stdout carries only results (labels, tables, JSON); everything else goes to stderr
-err_console = Console(stderr=True)
-out_console = Console()
+err_console = _console(stderr=True)
+out_console = _console(stderr=False)
 F = TypeVar("F", bound=Callable)
 
 
@@ -25,8 +43,14 @@ def setup_logging(level: int = logging.INFO) -> None:
 
     logger = logging.getLogger("stcstore")
     logger.handlers.clear()
-    handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # logs, CI, nohup: plain timestamped lines (rich pads every record to the console width)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
@@ -44,6 +68,11 @@ def setup_logging(level: int = logging.INFO) -> None:
         pass
 
 
+def print_error(exc: BaseException) -> None:
+    """The one stderr line of an error: 'error: <message>', the message printed as it is."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)))
+
+
 def handle_errors(fn: F) -> F:
     """Turn a user error into one stderr line and exit 2, any other stcstore error into exit 1."""
 
@@ -52,13 +81,13 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             raise typer.Exit(2) from None
         except StcstoreError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: rerun the same command to resume", highlight=False)
+            err_console.print("interrupted: rerun the same command to resume")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

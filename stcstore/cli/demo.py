@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from .app import app
 from .common import err_console, handle_errors, out_console
@@ -32,7 +33,7 @@ def demo_cmd(
                      backend=backend, progress=not no_progress).validate()
     n = cfg.n_rows
     err_console.print(
-        f"[bold]stcstore demo[/]: MiniLM (6 layers) on {'all' if n is None else f'{n:,}'} Rotten Tomatoes reviews "
+        f"stcstore demo: MiniLM (6 layers) on {'all' if n is None else f'{n:,}'} Rotten Tomatoes reviews "
         f"(fresh vs rotten); store {cfg.store_path}, run {cfg.run_name}",
         highlight=False,
     )
@@ -53,10 +54,10 @@ def demo_cmd(
     examples = demo_examples(n)
     preds = clf.predict([text for text, _ in examples])
     proba = clf.predict_proba([text for text, _ in examples])
-    out_console.print(f"\n[bold]Predictions[/] ({clf.blocks_run_} of {clf.n_layers_} blocks run per forward):")
+    out_console.print(Text.assemble("\n", ("Predictions", "bold"), f" ({clf.blocks_run_} of {clf.n_layers_} blocks run per forward):"))
     for (text, truth), label, p in zip(examples, preds, proba):
         out_console.print(f"  {label!s:<7} P={p.max():.2f}  (true: {truth})  {text}", highlight=False)
-    out_console.print("\n[bold]Explanation[/] of the first review (token contributions relative to an average review):")
+    out_console.print(Text.assemble("\n", ("Explanation", "bold"), " of the first review (token contributions relative to an average review):"))
     render_terminal(explain_text(clf, examples[0][0], centered=True), out_console, top=5)
     cls = res.classifier
     out_console.print(

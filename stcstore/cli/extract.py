@@ -53,7 +53,7 @@ def extract_cmd(
         return
     ranks = f" x {res.world_size} ranks" if res.world_size > 1 else ""
     err_console.print(
-        f"run [bold]{res.run}[/] in {res.store}: {res.rows_total:,} rows "
+        f"run {res.run} in {res.store}: {res.rows_total:,} rows "
         f"({res.rows_done_now:,} now, {res.windows_resumed} windows resumed), {res.truncated:,} truncated; "
         f"{res.rows_per_s:,.1f} rows/s, {res.tokens_per_s:,.0f} tokens/s on {res.device}{ranks} ({res.compute_dtype})",
         highlight=False,

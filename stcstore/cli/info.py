@@ -30,14 +30,14 @@ def info_cmd(
     if as_json:
         out_console.print_json(json.dumps(s))
         return
-    out_console.print(f"[bold]{s['store']}[/]: {len(s['runs'])} run(s), {_mb(s['bytes_on_disk'])} on disk", highlight=False)
+    out_console.print(f"{s['store']}: {len(s['runs'])} run(s), {_mb(s['bytes_on_disk'])} on disk", highlight=False)
     for r in s["runs"]:
         m = r["model"]
         done = sum(c["windows_done"] for c in r["completion"].values())
         total = sum(c["windows_total"] for c in r["completion"].values())
         ratio = r["bytes_stored"] / r["bytes_raw"] if r["bytes_raw"] else 0
         out_console.print(
-            f"\n[bold]run {r['run']}[/] (fingerprint {r['fingerprint_hash']}): model {m['spec']} "
+            f"\nrun {r['run']} (fingerprint {r['fingerprint_hash']}): model {m['spec']} "
             f"({m['model_type']}, {m['n_layers']} layers, d {m['d']}, d_ff {m['d_ff']}), data {r['dataset']['description']}\n"
             f"  completion {done}/{total} windows ({'complete' if r['complete'] else 'INCOMPLETE: rerun the extract command'}), "
             f"{r['truncated_rows']:,} rows truncated; {_mb(r['bytes_stored'])} stored vs {_mb(r['bytes_raw'])} raw ({ratio:.2f}x)",

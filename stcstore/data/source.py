@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -312,7 +313,8 @@ def _load_file(path: Path, cache_dir: str | None) -> dict[str, "datasets.Dataset
         # one mtime tick would come back stale, so local files are always re-read.
         loaded = datasets.load_dataset(
             builder,
-            data_files={"train": str(path)},
+            # data_files are glob patterns: a name such as reviews[v2].csv must match only itself
+            data_files={"train": glob.escape(str(path))},
             cache_dir=cache_dir,
             download_mode="force_redownload",
             **kwargs,
