@@ -15,7 +15,7 @@ from typing import Any
 
 from .layout import PROGRESS_DIR
 
-__all__ = ["commit_window", "committed_windows", "window_records", "clear_progress", "atomic_write_text"]
+__all__ = ["commit_window", "uncommit_window", "committed_windows", "window_records", "clear_progress", "atomic_write_text"]
 
 
 def _split_dir(run_dir: Path, split: str) -> Path:
@@ -36,6 +36,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 def commit_window(run_dir: Path, split: str, window: int, record: dict[str, Any]) -> None:
     """Mark one window of a split as fully written (call after its chunks are on disk)."""
     atomic_write_text(_split_dir(run_dir, split) / f"w{window:08d}.json", json.dumps(record))
+
+
+def uncommit_window(run_dir: Path, split: str, window: int) -> bool:
+    """Forget one committed window (its chunks are damaged): the next extract redoes it."""
+    path = _split_dir(run_dir, split) / f"w{window:08d}.json"
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
 
 
 def committed_windows(run_dir: Path, split: str) -> set[int]:

@@ -28,9 +28,7 @@ class RunReader:
             self.name = resolve_run(self.root, run, self.store_path)
             self.group: zarr.Group = self.root[self.name]
         self.meta: dict[str, Any] = self.group.attrs[RUN_ATTR]
-        lay = dict(self.meta["layout"])
-        lay["sites"], lay["pools"] = tuple(lay["sites"]), tuple(lay["pools"])
-        self.layout = RunLayout(**lay)
+        self.layout = RunLayout.from_meta(self.meta["layout"])
         self.run_dir = self.store_path / self.name
 
     # -- shape of the run ----------------------------------------------------------------
@@ -85,7 +83,8 @@ class RunReader:
         return all(done == total for done, total in self.completion().values())
 
     def require_complete(self) -> None:
-        """Raise IncompleteRunError naming the completion when the extraction is unfinished."""
+        """Raise IncompleteRunError when the extraction is unfinished, DamagedRunError when a
+        committed window's chunk file is missing (it would read as zeros)."""
         if not self.is_complete():
             done = sum(d for d, _ in self.completion().values())
             total = sum(t for _, t in self.completion().values())
@@ -93,6 +92,9 @@ class RunReader:
                 f"run {self.name!r} is not fully extracted ({done}/{total} windows, "
                 f"{100 * done / max(total, 1):.0f}%): rerun the same `stcstore extract` command to finish it"
             )
+        from .verify import require_chunks  # verify imports this module
+
+        require_chunks(self)
 
     def window_records(self, split: str) -> dict[int, dict[str, Any]]:
         """Per-window records (rows, tokens, truncated, seconds) of a split."""

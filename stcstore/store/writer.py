@@ -18,9 +18,10 @@ from .layout import (
     N_TOKENS,
     ROW_ID,
     RUN_ATTR,
+    DEFAULT_CODEC,
     array_path,
     column_path,
-    compressor,
+    compressors,
 )
 from .progress import clear_progress, commit_window
 
@@ -40,6 +41,16 @@ class RunLayout:
     width: dict[str, int]         # site -> feature width (d or d_ff)
     dtype: str
     chunk_rows: int
+    # codec of the activation arrays (layout.CODECS); recorded in each array's zarr.json too.
+    # Not part of the fingerprint: it changes the bytes on disk, never the numbers read back.
+    codec: str = DEFAULT_CODEC
+
+    @classmethod
+    def from_meta(cls, layout: Mapping[str, Any]) -> "RunLayout":
+        """The layout recorded in a run's attributes (runs from before codecs were named used zstd)."""
+        lay = {"codec": "zstd", **layout}
+        lay["sites"], lay["pools"] = tuple(lay["sites"]), tuple(lay["pools"])
+        return cls(**lay)
 
     def n_windows(self, split: str) -> int:
         """Number of windows (= chunks along rows) of a split."""
@@ -84,8 +95,7 @@ class RunWriter:
         group = self.root[self.run_name]
         check_fingerprint(group, self.run_name, fingerprint)
         meta = group.attrs[RUN_ATTR]
-        self.layout = RunLayout(**meta["layout"])
-        self.layout.sites, self.layout.pools = tuple(self.layout.sites), tuple(self.layout.pools)
+        self.layout = RunLayout.from_meta(meta["layout"])
         self.group = group
         self._bind_arrays()
         return True
@@ -112,7 +122,7 @@ class RunWriter:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         clear_progress(self.run_dir)
         group = self.root.create_group(self.run_name)
-        comp = compressor(layout.dtype)
+        comp = compressors(layout.codec)
         for split, n in layout.splits.items():
             for site in layout.sites:
                 for pool in layout.pools:
@@ -124,9 +134,11 @@ class RunWriter:
                         compressors=comp,
                         fill_value=0,
                     )
-            rid = group.create_array(f"{split}/{ROW_ID}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int64", fill_value=-1)
+            rid = group.create_array(f"{split}/{ROW_ID}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int64",
+                                     fill_value=-1, compressors=_small_compressors())
             rid[:] = np.asarray(row_ids[split], dtype=np.int64)
-            group.create_array(f"{split}/{N_TOKENS}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int32", fill_value=0)
+            group.create_array(f"{split}/{N_TOKENS}", shape=(n,), chunks=(layout.chunk_rows,), dtype="int32",
+                               fill_value=0, compressors=_small_compressors())
             for name, values in columns.get(split, {}).items():
                 _write_column(group, column_path(split, name), values, layout.chunk_rows)
         group.attrs[RUN_ATTR] = {
@@ -174,11 +186,20 @@ class RunWriter:
         commit_window(self.run_dir, split, window, record)
 
 
+def _small_compressors() -> tuple:
+    """zarr's default zstd for the per-row arrays, plus the checksum every stored chunk carries."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0), Crc32cCodec())
+
+
 def _write_column(group: zarr.Group, path: str, values: np.ndarray, chunk_rows: int) -> None:
     values = np.asarray(values)
     if values.dtype.kind in "OUT":
-        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=str)
+        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=str,
+                                 compressors=_small_compressors())
         arr[:] = values.astype(str)
     else:
-        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=values.dtype)
+        arr = group.create_array(path, shape=values.shape, chunks=(chunk_rows,), dtype=values.dtype,
+                                 compressors=_small_compressors())
         arr[:] = values

@@ -1,0 +1,58 @@
+"""`stcstore verify`: every committed window's chunks present and intact."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from .app import app
+from .common import err_console, handle_errors, out_console
+
+
+@app.command("verify")
+@handle_errors
+def verify_cmd(
+    store: str = typer.Option(..., "--store", help="Store directory."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only this run (default: every run of the store)."),
+    repair: bool = typer.Option(False, "--repair", help="Forget the damaged windows' commit records, so rerunning the same extract command redoes them."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Check that every committed window's chunks exist and decode (crc32c checksum where stored); exit 2 when not."""
+    from tqdm.auto import tqdm
+
+    from ..errors import DamagedRunError
+    from ..store.quiet import quiet_zarr
+    from ..store.reader import RunReader
+    from ..store.root import check_store_path, list_runs, open_root
+    from ..store.verify import damage_message, drop_windows, verify_run, verify_units
+
+    check_store_path(store, must_exist=True)
+    with quiet_zarr():
+        runs = [run] if run is not None else list_runs(open_root(store))
+    readers = [RunReader(store, name) for name in runs]
+    bad = []
+    for reader in readers:
+        with tqdm(total=verify_units(reader), unit="window", desc=f"verify {reader.name}", file=sys.stderr,
+                  disable=no_progress, dynamic_ncols=True, leave=False) as bar:
+            res = verify_run(reader, progress=bar.update)
+        if res.ok:
+            incomplete = "" if res.windows_committed == res.windows_total else \
+                f" (INCOMPLETE: {res.windows_committed}/{res.windows_total} windows committed: rerun the extract command)"
+            how = "checksums and decoding" if res.checksummed else "decoding (no checksums in this older store)"
+            out_console.print(
+                f"run {res.run}: {res.windows_committed} committed windows, {res.chunks_checked:,} chunks intact "
+                f"({how}){incomplete}", highlight=False, soft_wrap=True)
+            continue
+        if repair:
+            n = drop_windows(reader, res.damaged_windows)
+            err_console.print(
+                f"run {res.run}: {len(res.damage)} damaged chunks; forgot {n} window(s) "
+                f"({', '.join(f'{s} {w}' for s, w in res.damaged_windows)}): rerun the same `stcstore extract` "
+                f"command to re-extract them", highlight=False, soft_wrap=True)
+            continue
+        bad.append(damage_message(res.run, store, res.damage))
+    if bad:
+        # one line: the first damaged run (a store rarely has several; verify names them one by one)
+        raise DamagedRunError(bad[0] + (f"; {len(bad) - 1} more run(s) damaged" if len(bad) > 1 else ""))
