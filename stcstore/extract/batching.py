@@ -65,4 +65,7 @@ def iter_batches(
         batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         if tt is not None:
             batch["token_type_ids"] = torch.from_numpy(tt)
+        if device.type == "cuda":
+            # a non_blocking copy from pageable memory is synchronous: pin first (small: ids and mask)
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         yield idx, {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -5,7 +5,9 @@ of every array, the manifest has one commit file per window, and rank 0 creates 
 holds the writer lock) before any rank writes. So ranks that write disjoint windows never touch
 the same file, and any process can read progress by listing the manifest.
 
-Collectives (on a gloo group, also when the model runs on NCCL devices), the same calls on
+Collectives run on one gloo process group, also when the model runs on CUDA: everything they
+carry is a small host object (statuses, window lists, counts) and no tensor ever crosses ranks,
+so an NCCL group would only cost GPU memory and a CUDA context per peer. The same calls run on
 every rank whatever its share of the windows, so an uneven split cannot deadlock:
   1. after setup      all_gather of a Status: every rank has loaded source and model; rank 0
                       has checked the fingerprint, taken the writer lock (held to the end),
@@ -129,7 +131,8 @@ def rank_device(env: DistEnv, device: torch.device) -> torch.device:
     n = torch.cuda.device_count()
     if env.local_rank >= n:
         raise ConfigError(
-            f"LOCAL_RANK {env.local_rank} but this node has {n} visible GPU(s): use --nproc-per-node {n} or fewer"
+            f"LOCAL_RANK {env.local_rank} but this node has {n} visible GPU(s): use --nproc-per-node {n} or fewer "
+            f"(or --device cpu)"
         )
     torch.cuda.set_device(env.local_rank)
     return torch.device("cuda", env.local_rank)
@@ -203,11 +206,12 @@ class Status:
 
 
 class DistContext:
-    """The process group of an extraction job; a context manager that destroys it on exit."""
+    """The (gloo) process group of an extraction job; a context manager that destroys it on exit."""
 
-    def __init__(self, env: DistEnv, use_cuda: bool, timeout_s: Optional[float] = None):
+    backend = "gloo"
+
+    def __init__(self, env: DistEnv, timeout_s: Optional[float] = None):
         self.env = env
-        self.backend = "nccl" if use_cuda else "gloo"
         if timeout_s is None:
             timeout_s = float(os.environ.get("STCSTORE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
         self.timeout = datetime.timedelta(seconds=timeout_s)
@@ -222,11 +226,10 @@ class DistContext:
             raise ConfigError(
                 f"WORLD_SIZE is set but {' and '.join(missing)} not: launch with torchrun, or unset WORLD_SIZE and RANK"
             )
-        if self.backend == "nccl":
-            torch.cuda.set_device(self.env.local_rank)
+        # no CUDA call here: a LOCAL_RANK beyond the visible GPUs is found by rank_device and
+        # reported through the group like any other setup error
         dist.init_process_group(backend=self.backend, timeout=self.timeout)
-        # statuses and barriers are small host objects: a gloo group carries them on any backend
-        self.group = dist.new_group(backend="gloo", timeout=self.timeout) if self.backend != "gloo" else dist.group.WORLD
+        self.group = dist.group.WORLD
         return self
 
     def __exit__(self, *exc) -> None:

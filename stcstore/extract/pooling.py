@@ -41,18 +41,24 @@ class TokenMask:
 
 
 def pool(x: torch.Tensor, tm: TokenMask, how: str) -> torch.Tensor:
-    """One pooling of x (B, T, d) over real tokens, as float32 (B, d)."""
-    if how == "mean":
-        # a batched matmul sums over tokens without a (B, T, d) masked copy; sum in float32
-        # because bf16 sums of hundreds of tokens lose more than the fp16 store keeps
-        return torch.bmm(tm.mask.unsqueeze(1), x.float()).squeeze(1) / tm.count
-    if how == "max":
-        return _masked_max(x, tm).float()
-    rows = torch.arange(x.shape[0], device=x.device)
-    if how == "first":
-        return x[rows, tm.first].float()
-    if how == "last":
-        return x[rows, tm.last].float()
+    """One pooling of x (B, T, d) over real tokens, as float32 (B, d), never under autocast.
+
+    The hooks fire inside the forward, i.e. inside autocast: without the guard the batched
+    matmul of the mean would run as a bf16/fp16 GEMM (its float32 inputs cast back down), which
+    loses more than the float16 store keeps and overflows fp16 past a token sum of 65,504.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if how == "mean":
+            # a batched matmul sums over tokens without a (B, T, d) masked copy; in float32
+            return torch.bmm(tm.mask.unsqueeze(1), x.float()).squeeze(1) / tm.count
+        if how == "max":
+            # max is exact in any dtype: take it in the native one, then widen
+            return _masked_max(x, tm).float()
+        rows = torch.arange(x.shape[0], device=x.device)
+        if how == "first":
+            return x[rows, tm.first].float()
+        if how == "last":
+            return x[rows, tm.last].float()
     raise ValueError(f"unknown pooling {how!r}")
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import queue
 import re
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,32 +15,22 @@ import numpy as np
 import torch
 
 from ..config import ExtractConfig
-from ..errors import ConfigError, Float16OverflowError, MissingDependencyError, StcstoreError, StoreError
+from ..errors import ConfigError, MissingDependencyError
 from ..models import LoadedModel, load_model, resolve_model
 from ..store import RunLayout, RunWriter, WriterLock, check_store_path, chunk_rows_for, committed_windows, open_root
-from ..store.fingerprint import fingerprint_hash
 from ..store.layout import FORMAT_VERSION
 from ..store.quiet import quiet_zarr
 from ..store.writer import check_fingerprint
 from .batching import iter_batches, tokenize_window
 from .capture import ActivationCapture
-from .device import autocast, resolve_compute_dtype, resolve_device
-from .distributed import (
-    DistContext,
-    DistEnv,
-    RunProgress,
-    Status,
-    assign_windows,
-    detect,
-    device_map_memory,
-    rank_device,
-)
+from .device import autocast, dtype_name, resolve_compute_dtype, resolve_device
+from .distributed import DistEnv, RunProgress, detect, device_map_memory, rank_device
+from .host_copy import HostStager, batch_bytes
+from .writer_thread import WindowWriter, check_range, window_amax
 
 __all__ = ["ExtractResult", "extract", "default_run_name", "build_fingerprint"]
 
 log = logging.getLogger(__name__)
-_FP16_MAX = 65504.0
-_DTYPE_NAME = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass
@@ -98,7 +85,7 @@ def build_fingerprint(config: ExtractConfig, loaded: LoadedModel, source, max_le
         "columns": sorted({c for s in source.splits.values() for c in s.columns}),
         "max_length": max_length,
         "truncation_side": "right",
-        "compute_dtype": _DTYPE_NAME[compute_dtype],
+        "compute_dtype": dtype_name(compute_dtype),
         "store_dtype": config.store_dtype,
         "pools": list(config.pools),
         "sites": list(config.sites),
@@ -136,7 +123,9 @@ def extract(config: ExtractConfig) -> ExtractResult:
     """
     env = detect()
     if env is not None:
-        return _extract_distributed(config, env)
+        from .dist_runner import extract_distributed
+
+        return extract_distributed(config, env)
     t0 = time.perf_counter()
     prep = _prepare(config, None)
     _refuse_mismatch(prep)
@@ -221,7 +210,7 @@ def _open_or_create(config: ExtractConfig, prep: _Prepared, root) -> RunWriter:
             "dataset": {"spec": config.data, "description": source.description,
                         "content_hash": prep.fingerprint["dataset_content_hash"]},
             "extract": {"max_length": prep.max_length, "dtype": config.dtype,
-                        "compute_dtype": _DTYPE_NAME[prep.compute_dtype], "store_dtype": config.store_dtype,
+                        "compute_dtype": dtype_name(prep.compute_dtype), "store_dtype": config.store_dtype,
                         "truncation_side": "right", "padding_side": "right",
                         "text_column": config.text_column, "batch_size": config.batch_size},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,99 +247,8 @@ def _result(prep: _Prepared, stats: dict[str, Any], seconds: float, rank: int = 
         store=prep.store_path, run=prep.run, rows_total=sum(len(s) for s in prep.source.splits.values()),
         rows_done_now=stats["rows"], windows_resumed=stats["resumed"], tokens=stats["tokens"],
         truncated=stats["truncated"], seconds=seconds, device=str(prep.device),
-        compute_dtype=_DTYPE_NAME[prep.compute_dtype], rank=rank, world_size=world_size,
+        compute_dtype=dtype_name(prep.compute_dtype), rank=rank, world_size=world_size,
     )
-
-
-# -- under torchrun ------------------------------------------------------------------------------
-
-def _extract_distributed(config: ExtractConfig, env: DistEnv) -> ExtractResult:
-    """One rank of a torchrun job: set up, agree, write this rank's windows, wait for the rest."""
-    t0 = time.perf_counter()
-    use_cuda = config.device != "cpu" and torch.cuda.is_available()
-    lock: Optional[WriterLock] = None
-    with DistContext(env, use_cuda) as ctx:
-        try:
-            # 1. every rank loads source and model; rank 0 alone locks, opens or creates the run,
-            #    and lists the windows still to do (nobody writes before step 2 completes)
-            prep, writer, status, exc = None, None, Status(env.rank), None
-            try:
-                prep = _prepare(config, env, check_store=env.is_main)
-                if env.is_main:
-                    _refuse_mismatch(prep)
-                    with quiet_zarr():
-                        root = open_root(prep.store_path, create=True)
-                    lock = WriterLock(prep.run_dir, prep.run).acquire()  # held for the whole job
-                    writer = _open_or_create(config, prep, root)
-                    status.todo, status.resumed = _todo(writer)
-            except Exception as e:  # reported to every rank by ctx.check
-                status, exc = Status.failed(env.rank, e), e
-            statuses = ctx.all_gather(status)
-            ctx.check(statuses, exc)
-            todo, resumed = statuses[0].todo, statuses[0].resumed
-
-            # 2. the others open the run rank 0 made, with the same fingerprint check
-            status, exc = Status(env.rank), None
-            if not env.is_main:
-                try:
-                    writer = _attach(prep)
-                except Exception as e:
-                    status, exc = Status.failed(env.rank, e), e
-            ctx.check(ctx.all_gather(status), exc)
-
-            # 3. every rank writes its share; rank 0's bar follows the whole run
-            mine = assign_windows(todo, env.rank, env.world_size)
-            progress = RunProgress(writer.layout, writer.run_dir, writer.run_name, todo, mine,
-                                   config.progress and env.is_main)
-            try:
-                stats = _run_windows(config, prep, writer, mine, progress, rank=env.rank)
-                ctx.barrier(while_waiting=progress.poll if env.is_main else None)
-            except StcstoreError as e:
-                # this rank stops; torchrun stops the others, and a rerun resumes what was committed
-                if not env.is_main:
-                    e.args = (f"rank {env.rank} on {socket.gethostname()}: {e}",)
-                raise
-            finally:
-                progress.close()
-
-            # 4. complete when every window of the plan was committed by some rank
-            status, exc = Status(env.rank), None
-            reports = ctx.all_gather(stats)
-            if env.is_main:
-                written = {tuple(w) for st in reports for w in st["windows"]}
-                missing = [w for w in todo if w not in written]
-                if missing:
-                    exc = StcstoreError(
-                        f"run {prep.run!r} is incomplete: {len(missing)} windows were not written "
-                        f"(first: split {missing[0][0]!r}, window {missing[0][1]}): rerun the same command to finish"
-                    )
-                    status = Status.failed(env.rank, exc)
-            ctx.check(ctx.all_gather(status), exc)
-        finally:
-            if lock is not None:
-                lock.release()
-    total = {k: sum(st[k] for st in reports) for k in ("rows", "tokens", "truncated")}
-    total["resumed"] = resumed
-    return _result(prep, total, time.perf_counter() - t0, env.rank, env.world_size)
-
-
-def _attach(prep: _Prepared) -> RunWriter:
-    """A rank other than 0: open the run that rank 0 has created or opened."""
-    where = f"{prep.store_path} (seen from {socket.gethostname()})"
-    if not (prep.store_path / "zarr.json").is_file():
-        raise StoreError(
-            f"store {where} not found although rank 0 created it: put the store on a file system "
-            f"that every node shares"
-        )
-    with quiet_zarr():
-        root = open_root(prep.store_path, create=True)  # exists: opens for writing, creates nothing
-        writer = RunWriter(root, prep.run_dir, prep.run)
-        if not writer.open_existing(prep.fingerprint):
-            raise StoreError(
-                f"run {prep.run!r} not found in store {where} although rank 0 created it: put the store "
-                f"on a file system that every node shares"
-            )
-    return writer
 
 
 def _max_length(config: ExtractConfig, loaded: LoadedModel) -> int:
@@ -362,104 +260,6 @@ def _max_length(config: ExtractConfig, loaded: LoadedModel) -> int:
     return config.max_length
 
 
-class _Writer(threading.Thread):
-    """Writes finished windows to the store so the forward pass never waits for the disk."""
-
-    def __init__(self, writer: RunWriter):
-        super().__init__(daemon=True, name="stcstore-writer")
-        self.writer = writer
-        self.jobs: queue.Queue = queue.Queue()
-        self.error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            try:
-                if job is None:
-                    return
-                if self.error is None:
-                    self._write(*job)
-            except BaseException as exc:  # surfaced in the main thread by check()
-                self.error = exc
-            finally:
-                del job
-                self.jobs.task_done()
-
-    def _write(self, split, window, rows, parts, n_tokens, record) -> None:
-        lay = self.writer.layout
-        for _, _, event in parts:
-            if event is not None:
-                event.synchronize()  # the pinned copy of this batch has landed
-        keys = list(parts[0][1]) if parts else []
-        # one array at a time, dropping its batch tensors as they are copied: the window's
-        # memory shrinks while it is written instead of briefly doubling
-        with quiet_zarr():
-            for key in keys:
-                first = parts[0][1][key]
-                buf = np.empty((first.shape[0], rows, first.shape[2]), dtype=lay.dtype)
-                for idx, values, _ in parts:
-                    buf[:, idx, :] = values.pop(key).numpy()
-                self.writer.write_arrays(split, window, {key: buf})
-                del buf
-            self.writer.finish_window(split, window, n_tokens, record)
-
-    def submit(self, job) -> None:
-        """Hand over a window once the previous one is written: at most two windows in memory."""
-        self.jobs.join()
-        self.check()
-        self.jobs.put(job)
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-def _to_host(values: dict, store_dtype: str, device: torch.device):
-    """Cast to the store dtype on the device, then copy to (pinned) host memory."""
-    dt = torch.float16 if store_dtype == "float16" else torch.float32
-    out, event = {}, None
-    for key, t in values.items():
-        t = t.to(dt)
-        if device.type == "cuda":
-            host = torch.empty(t.shape, dtype=dt, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            out[key] = host
-        else:
-            out[key] = t
-    if device.type == "cuda":
-        event = torch.cuda.Event()
-        event.record()
-    return out, event
-
-
-def _window_amax(values: dict, acc: Optional[dict]) -> dict:
-    """Running per-layer max |value| of each (site, pool), kept on the device (no sync per batch)."""
-    out = {}
-    for key, t in values.items():
-        amax = t.detach().abs().amax(dim=(1, 2)).float()
-        out[key] = amax if acc is None else torch.maximum(acc[key], amax)
-    return out
-
-
-def _check_range(amax: dict, store_dtype: str, split: str, start: int) -> None:
-    """Refuse non-finite activations, and values that float16 would store as inf (once per window)."""
-    for (site, pool), a in amax.items():
-        a = a.cpu()
-        bad = ~torch.isfinite(a)
-        if bad.any():
-            layer = int(torch.nonzero(bad)[0])
-            raise StcstoreError(
-                f"the model produced non-finite {site} activations at layer {layer} (split {split!r}, rows from {start}): "
-                f"rerun with --dtype float32"
-            )
-        if store_dtype == "float16" and bool((a > _FP16_MAX).any()):
-            layer = int(torch.nonzero(a > _FP16_MAX)[0])
-            raise Float16OverflowError(
-                f"{site}/{pool} layer {layer} has values up to {float(a[layer]):.3g}, beyond float16 "
-                f"(split {split!r}, rows from {start}): rerun with --dtype float32 and a new --run"
-            )
-
-
 def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, windows: list[tuple[str, int]],
                  progress: RunProgress, rank: int = 0) -> dict[str, Any]:
     """Run the model over the given windows and write each one (whole chunks), then commit it."""
@@ -469,7 +269,11 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
     if not windows:
         return stats
     pad_id = loaded.tokenizer.pad_token_id
-    thread = _Writer(writer)
+    # one pinned slab holds a full batch of every (site, pool) in the store dtype
+    slab = batch_bytes({(s, p): (lay.n_layers[s], config.batch_size, lay.width[s]) for s in lay.sites for p in lay.pools},
+                       np.dtype(lay.dtype).itemsize)
+    stager = HostStager(lay.dtype, device, slab)
+    thread = WindowWriter(writer, stager)
     thread.start()
     t_start = time.perf_counter()
     try:
@@ -478,19 +282,18 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
                 start, stop = lay.window_bounds(split, window)
                 t_win = time.perf_counter()
                 tw = tokenize_window(loaded.tokenizer, source.splits[split].texts(start, stop), prep.max_length, split, start)
-                parts, amax = [], None
+                amax = None
                 for idx, batch in iter_batches(tw, config.batch_size, pad_id, device):
                     values = cap.run(batch)
-                    amax = _window_amax(values, amax)
-                    host, event = _to_host(values, lay.dtype, device)
-                    parts.append((idx, host, event))
+                    amax = window_amax(values, amax)
+                    thread.add_batch(split, window, stop - start, idx, stager.stage(values, thread.check))
                     progress.update(len(idx))
                 if amax is not None:
-                    _check_range(amax, lay.dtype, split, start)
+                    check_range(amax, lay.dtype, prep.compute_dtype, split, start)
                 tokens = int(tw.n_tokens.sum())
                 record = {"rows": stop - start, "tokens": tokens, "truncated": tw.truncated,
                           "seconds": round(time.perf_counter() - t_win, 3), "rank": rank}
-                thread.submit((split, window, stop - start, parts, tw.n_tokens, record))
+                thread.finish(split, window, stop - start, tw.n_tokens, record)
                 stats["rows"] += stop - start
                 stats["tokens"] += tokens
                 stats["truncated"] += tw.truncated
@@ -498,7 +301,6 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
                 elapsed = time.perf_counter() - t_start
                 progress.set_postfix_str(f"{stats['tokens'] / elapsed:,.0f} tok/s")
     finally:
-        thread.jobs.put(None)
-        thread.join()
+        thread.close()
     thread.check()
     return stats
