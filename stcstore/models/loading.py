@@ -122,7 +122,21 @@ def _ffn_width(module: torch.nn.Module) -> int:
     raise ConfigError(f"cannot read the FFN width of {type(module).__name__}")
 
 
-def load_model(
+def load_model(source: ModelSource, **kwargs: Any) -> LoadedModel:
+    """Load the base model and tokenizer of a source; raise ModelNotFoundError if it cannot be had.
+
+    Takes `_load_model`'s options. A hub id is fetched only when the hub answers one quick request;
+    otherwise only the local cache is read (a mistyped alias fails in a second, not after retries).
+    """
+    from ..hub import cache_only_unless_reachable
+
+    if source.kind != "hub":
+        return _load_model(source, **kwargs)
+    with cache_only_unless_reachable():
+        return _load_model(source, **kwargs)
+
+
+def _load_model(
     source: ModelSource,
     *,
     device: torch.device | str = "cpu",
@@ -132,7 +146,7 @@ def load_model(
     device_map: Optional[str | dict] = None,
     max_memory: Optional[dict] = None,
 ) -> LoadedModel:
-    """Load the base model and tokenizer of a source; raise ModelNotFoundError if it cannot be had.
+    """Load the base model and tokenizer of a source (see `load_model`).
 
     `device_map` (e.g. "auto", needs accelerate) spreads the layers over the GPUs and CPU memory
     instead of moving the whole model to `device`; `max_memory` bounds what each device gets.
@@ -150,10 +164,13 @@ def load_model(
         raise MissingDependencyError(f"loading {source.spec!r} needs an extra package ({exc}): pip install gguf accelerate") from None
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
+            from ..hub import did_you_mean, hub_unreachable_note
+
             aliases = ", ".join(BUNDLED_MODELS)
+            why = hub_unreachable_note() or _first_line(exc)
             raise ModelNotFoundError(
-                f"model {source.spec!r} not found: it is not a bundled alias ({aliases}), a local folder or "
-                f".gguf file, and the Hugging Face hub could not provide it ({_first_line(exc)})"
+                f"model {source.spec!r} not found{did_you_mean(source.spec, BUNDLED_MODELS)}: it is not a bundled "
+                f"alias ({aliases}), a local folder or .gguf file, and the Hugging Face hub could not provide it ({why})"
             ) from None
         raise ModelNotFoundError(f"model {source.spec!r} could not be read ({_first_line(exc)}): check the files") from None
     # fail on the architecture before loading gigabytes of weights
@@ -161,6 +178,10 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
+        if device_map is None and _direct_to(device):
+            # weights go from the files straight onto the GPU, not through a full copy in host RAM
+            # (under torchrun every rank would otherwise hold the whole model in RAM at once)
+            placement = {"device_map": {"": torch.device(device)}}
         model = AutoModel.from_pretrained(source.path, config=config, dtype=weights_dtype, **placement, **kwargs)
     except ImportError as exc:
         raise MissingDependencyError(f"loading {source.spec!r} needs an extra package ({exc}): pip install gguf accelerate") from None
@@ -193,6 +214,18 @@ def load_model(
         "max_positions": _max_positions(config, tokenizer),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, source=source, info=info)
+
+
+def _direct_to(device: torch.device | str) -> bool:
+    """Whether from_pretrained can place the weights on `device` while reading them (an accelerator)."""
+    import importlib.util
+
+    import transformers
+
+    if torch.device(device).type == "cpu":
+        return False
+    # a one-device map needs accelerate before transformers 5, and nothing from 5 on
+    return int(transformers.__version__.split(".")[0]) >= 5 or importlib.util.find_spec("accelerate") is not None
 
 
 def _max_positions(config: Any, tokenizer: Any) -> int:
