@@ -125,6 +125,9 @@ class ProbeConfig:
     plots: bool = True
     # the all-layers-concat baseline holds every layer of one site/pool in memory
     concat_baseline: bool = True
+    # an experiment of the same name: resume it (default), start it over, or replace other settings
+    fresh: bool = False
+    overwrite: bool = False
 
     def validate(self) -> "ProbeConfig":
         """Check option values; raise ConfigError naming the bad one."""

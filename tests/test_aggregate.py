@@ -45,7 +45,7 @@ def test_depths_layers_and_blocks():
 
 
 def _probe(site: str, layer: int, order: list[int], n_tr: int = 3) -> LayerProbe:
-    """A layer probe whose kept columns encode (site, layer, neuron) in their values."""
+    """A layer probe whose raw kept columns encode (site, layer, neuron) in their values."""
     m = len(order)
     base = (100 if site == "ffn" else 0) + 10 * layer
     cols = np.array([base + j for j in order], dtype=np.float32)
@@ -53,7 +53,7 @@ def _probe(site: str, layer: int, order: list[int], n_tr: int = 3) -> LayerProbe
     return LayerProbe(
         site=site, pool="mean", layer=layer, C=1.0, val=0.5, n_nonzero=m, val_by_C=[0.5],
         coef=np.zeros((1, 8), np.float32), intercept=np.zeros(1, np.float32), order=np.array(order),
-        counts=np.array([m]), mean=cols.astype(np.float64) * 2, scale=np.ones(m),
+        counts=np.array([m]), mean=cols.astype(np.float64) * 2, scale=np.full(m, 4.0),
         X_train=X, X_val=X[:2] + 1000, X_test=X[:1] + 2000,
     )
 
@@ -79,12 +79,17 @@ def test_build_design_takes_prefixes_in_site_layer_order():
     assert d.feature_site.tolist() == [0, 0, 0, 0, 1, 1, 1]
     assert d.feature_layer.tolist() == [0, 1, 2, 2, 1, 1, 2]
     assert d.feature_index.tolist() == [5, 2, 7, 0, 6, 2, 1]
-    expected_cols = [5, 12, 27, 20, 116, 112, 121]
-    np.testing.assert_allclose(d.X_train[0], expected_cols)
-    np.testing.assert_allclose(d.X_train[2], np.array(expected_cols) + 0.2, rtol=1e-6)
-    np.testing.assert_allclose(d.X_val[1], np.array(expected_cols) + 1000.1, rtol=1e-6)
-    np.testing.assert_allclose(d.X_test[0], np.array(expected_cols) + 2000, rtol=1e-6)
-    np.testing.assert_allclose(d.mean, np.array(expected_cols) * 2)
+    expected_cols = np.array([5, 12, 27, 20, 116, 112, 121], dtype=np.float64)
+    mean = expected_cols * 2
+
+    def z(raw):  # the design holds the raw kept columns standardised with each probe's mean / scale
+        return (raw - mean) / 4.0
+
+    np.testing.assert_allclose(d.X_train[0], z(expected_cols))
+    np.testing.assert_allclose(d.X_train[2], z(expected_cols + 0.2), rtol=1e-6)
+    np.testing.assert_allclose(d.X_val[1], z(expected_cols + 1000.1), rtol=1e-6)
+    np.testing.assert_allclose(d.X_test[0], z(expected_cols + 2000), rtol=1e-6)
+    np.testing.assert_allclose(d.mean, mean)
     assert d.X_train.flags["C_CONTIGUOUS"] and d.X_train.dtype == np.float32
 
     single = build_design(probes, "ffn", counts)

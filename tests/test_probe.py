@@ -122,6 +122,7 @@ def experiment(tmp_path_factory):
     """Run `probe` once in-process (counting how often test accuracy is computed)."""
     if not _solver_available():
         pytest.skip("stcstore.probe.solvers not installed yet")
+    import stcstore.probe.baselines as baselines
     import stcstore.probe.search as search
 
     base = tmp_path_factory.mktemp("probe")
@@ -133,14 +134,14 @@ def experiment(tmp_path_factory):
         calls.append(len(y))
         return real_accuracy(y, pred)
 
-    search.accuracy = counting
+    search.accuracy = baselines.accuracy = counting
     try:
         res = CliRunner().invoke(app, [
             "probe", "--store", str(store), "--label", "sentiment", "--split-column", "fold", "--name", "exp1",
             "--out", str(base / "out"), "--c-grid", C_GRID, "--eta-grid", ETA_GRID, "--no-progress",
         ])
     finally:
-        search.accuracy = real_accuracy
+        search.accuracy = baselines.accuracy = real_accuracy
     assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
     exp = store / "run0" / "probes" / "exp1"
     return {"store": store, "exp": exp, "out": base / "out", "result": res, "test_calls": calls,
@@ -274,7 +275,8 @@ def test_second_experiment_reuses_cache_without_the_model(experiment, tmp_path):
     rep2 = json.loads((store / "run0" / "probes" / "exp2" / "report.json").read_text())
     n_blocks = sum(N_LAYERS.values())          # one pool
     assert rep2["cache"]["key"] == experiment["report"]["cache"]["key"]
-    assert rep2["cache"] == {"key": rep2["cache"]["key"], "hits": n_blocks, "misses": 0}
+    # every block once, plus the two layer baselines' test rows read again at the end
+    assert rep2["cache"] == {"key": rep2["cache"]["key"], "hits": n_blocks + 2, "misses": 0}
     assert rep2["classes"] == [0, 1, 2] and len(ClassifierArtifact.load(store / "run0" / "probes" / "exp2" / "classifier").classes) == 3
     assert ClassifierArtifact.load(store / "run0" / "probes" / "exp2" / "classifier").n_out == 3
     assert rep2["baselines"]["all_layers_concat"] is None

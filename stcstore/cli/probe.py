@@ -44,6 +44,9 @@ def probe_cmd(
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not draw PNG plots."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start the experiment over instead of resuming it."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an experiment of this --name that has other settings."),
 ) -> None:
     """Probe every layer, sparsify, aggregate the first k layers; pick on val, score test once."""
     from ..config import ProbeConfig
@@ -53,7 +56,7 @@ def probe_cmd(
     kwargs = dict(
         store=store, label=label, run=run, split_column=split_column, backend=backend, name=name, out=out,
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
-        progress=not no_progress, plots=not no_plots,
+        progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite,
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

@@ -14,6 +14,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from .standardize import standardize_columns
+
 __all__ = [
     "SITE_CODES",
     "LayerProbe",
@@ -36,8 +38,9 @@ SITE_CODES: dict[str, int] = {"hidden": 0, "ffn": 1}
 class LayerProbe:
     """One (site, pool, layer) probe at its val-chosen C and the kept columns it ranks.
 
-    Columns of the X_* matrices are standardised features of `order` (most important first,
-    every nonzero-weight neuron), so the kept set of any eta is a prefix of them.
+    Columns of the X_* matrices are the raw (store dtype) activations of `order` (most important
+    first, every nonzero-weight neuron), so the kept set of any eta is a prefix of them; designs
+    standardise them with `mean` / `scale` as they are built.
     """
 
     site: str
@@ -53,19 +56,19 @@ class LayerProbe:
     counts: np.ndarray          # (n_eta,) prefix length kept per eta of the grid
     mean: np.ndarray            # (m,) float64 scaler mean of `order`
     scale: np.ndarray           # (m,) float64 scaler scale of `order`
-    X_train: np.ndarray         # (n_train, m) float32 standardised
+    X_train: np.ndarray         # (n_train, m) raw, store dtype
     X_val: np.ndarray           # (n_val, m)
     X_test: np.ndarray          # (n_test, m)
     extra: dict = field(default_factory=dict)
 
     def release_fit_columns(self) -> None:
         """Drop the train and val columns once aggregation no longer needs them (test stays)."""
-        self.X_train = np.zeros((self.X_train.shape[0], 0), np.float32)
-        self.X_val = np.zeros((self.X_val.shape[0], 0), np.float32)
+        self.X_train = self.X_train[:, :0]
+        self.X_val = self.X_val[:, :0]
 
     def release_test_columns(self) -> None:
         """Drop the test columns of a probe that will not be scored on test."""
-        self.X_test = np.zeros((self.X_test.shape[0], 0), np.float32)
+        self.X_test = self.X_test[:, :0]
 
 
 @dataclass
@@ -140,37 +143,36 @@ def build_design(
     for site in _sites_of(choice):
         ls = sorted(l for (s, l) in probes if s == site) if layers is None else sorted(layers.get(site, []))
         keys += [(site, l) for l in ls]
-    parts_tr, parts_va, parts_te = [], [], []
-    fs, fl, fi, fm, fsc = [], [], [], [], []
+    picked: list[tuple[LayerProbe, int]] = []
     for key in keys:
         p = probes[key]
         m = int(counts.get(key, 0))
         if m < 0 or m > len(p.order):
             raise ValueError(f"count {m} out of range for {key} (0..{len(p.order)})")
-        if m == 0:
-            continue
-        parts_tr.append(p.X_train[:, :m])
-        parts_va.append(p.X_val[:, :m])
-        parts_te.append(p.X_test[:, :m])
-        fs.append(np.full(m, SITE_CODES[p.site], dtype=np.int64))
-        fl.append(np.full(m, p.layer, dtype=np.int64))
-        fi.append(p.order[:m].astype(np.int64))
-        fm.append(p.mean[:m])
-        fsc.append(p.scale[:m])
+        if m:
+            picked.append((p, m))
     any_p = next(iter(probes.values()))
-    n_tr, n_va, n_te = any_p.X_train.shape[0], any_p.X_val.shape[0], any_p.X_test.shape[0]
 
-    def cat(parts: list[np.ndarray], n: int) -> np.ndarray:
-        # one contiguous float32 matrix: the solver reads it many times
-        return np.ascontiguousarray(np.concatenate(parts, axis=1)) if parts else np.zeros((n, 0), np.float32)
+    def standardized(attr: str) -> np.ndarray:
+        # one contiguous float32 matrix (the solver reads it many times), filled layer by layer
+        # from the raw columns, so no float32 copy of the per-layer columns ever exists
+        out = np.empty((getattr(any_p, attr).shape[0], sum(m for _, m in picked)), dtype=np.float32)
+        at = 0
+        for p, m in picked:
+            standardize_columns(getattr(p, attr), np.arange(m), p.mean[:m], p.scale[:m], out=out[:, at:at + m])
+            at += m
+        return out
 
     def cat1(parts: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
     return Design(
-        X_train=cat(parts_tr, n_tr), X_val=cat(parts_va, n_va), X_test=cat(parts_te, n_te),
-        feature_site=cat1(fs, np.int64), feature_layer=cat1(fl, np.int64), feature_index=cat1(fi, np.int64),
-        mean=cat1(fm, np.float64), scale=cat1(fsc, np.float64),
+        X_train=standardized("X_train"), X_val=standardized("X_val"), X_test=standardized("X_test"),
+        feature_site=cat1([np.full(m, SITE_CODES[p.site], dtype=np.int64) for p, m in picked], np.int64),
+        feature_layer=cat1([np.full(m, p.layer, dtype=np.int64) for p, m in picked], np.int64),
+        feature_index=cat1([p.order[:m] for p, m in picked], np.int64),
+        mean=cat1([p.mean[:m] for p, m in picked], np.float64),
+        scale=cat1([p.scale[:m] for p, m in picked], np.float64),
     )
 
 

@@ -75,9 +75,11 @@ def _clean(v: Any) -> Any:
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON (indented, NaN as null)."""
+    """Write JSON (indented, NaN as null) atomically: readers see the old file or the new one."""
+    from ..store.progress import atomic_write_text
+
     path = Path(path)
-    path.write_text(json.dumps(_clean(obj), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(_clean(obj), indent=2) + "\n")
     return path
 
 

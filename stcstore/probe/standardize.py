@@ -19,12 +19,29 @@ import numpy as np
 
 from ..store.layout import CACHE_GROUP
 
-__all__ = ["StreamingScaler", "StatsCache", "cache_key"]
+__all__ = ["StreamingScaler", "StatsCache", "cache_key", "standardize_columns", "ROW_CHUNK"]
 
 log = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "standardize"
 _MERGE_ROWS = 512
+# rows standardised per step: bounds temporaries to a few MB whatever the split size
+ROW_CHUNK = 1024
+
+
+def standardize_columns(raw: np.ndarray, cols: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                        out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Standardised float32 copy of some columns of raw rows (same arithmetic as `transform_`)."""
+    if out is None:
+        out = np.empty((raw.shape[0], len(cols)), dtype=np.float32)
+    m = np.asarray(mean).astype(np.float32)
+    inv = (1.0 / np.asarray(scale)).astype(np.float32)
+    for s in range(0, raw.shape[0], ROW_CHUNK):
+        block = raw[s:s + ROW_CHUNK][:, cols].astype(np.float32)
+        block -= m
+        block *= inv
+        out[s:s + ROW_CHUNK] = block
+    return out
 
 
 class StreamingScaler:

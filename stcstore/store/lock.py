@@ -14,11 +14,15 @@ __all__ = ["WriterLock"]
 
 
 class WriterLock:
-    """Exclusive, non-blocking lock on `<run>/_writer.lock`; a second writer is refused."""
+    """Exclusive, non-blocking lock on `<run>/_writer.lock` (or `path`); a second writer is refused."""
 
-    def __init__(self, run_dir: Path, run_name: str):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: Path, run_name: str, *, path: Path | None = None, what: str | None = None,
+                 fix: str = "wait for it to finish, or use another --run"):
+        self.path = Path(path) if path is not None else Path(run_dir) / LOCK_FILE
         self.run_name = run_name
+        # what is locked, as the refusal names it (default: the run)
+        self.what = what or f"run {run_name!r}"
+        self.fix = fix
         self._fh = None
 
     def acquire(self) -> "WriterLock":
@@ -31,10 +35,7 @@ class WriterLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise StoreLockedError(
-                f"run {self.run_name!r} is being written by {holder}: wait for it to finish, "
-                f"or use another --run"
-            ) from None
+            raise StoreLockedError(f"{self.what} is being written by {holder}: {self.fix}") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -1,0 +1,176 @@
+"""Reading one (site, pool, layer) block out of core, and scoring probes on raw rows.
+
+A block is read a slab of stored chunks at a time, straight into the float32 train matrix
+(standardised in place) and the raw val / test rows (store dtype), so no split is ever
+held twice. Standardisation statistics come from the run's cache when another experiment
+already computed them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from ..store.reader import RunReader
+from .splits import SplitPlan
+from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns
+
+__all__ = ["Block", "load_block", "read_columns", "labels_from_decision", "val_key", "fit_path", "val_accuracy_raw",
+           "return_freed_blocks_to_os"]
+
+log = logging.getLogger(__name__)
+
+# bytes of raw activations read per zarr call: several stored chunks decode concurrently, yet
+# the slab stays small next to a layer block (peak memory must not grow with the split)
+_READ_BYTES = 8 << 20
+_MMAP_THRESHOLD = 256 << 10
+
+
+@dataclass
+class Block:
+    """One layer's rows: train standardised float32, val / test raw, and the train scaler."""
+
+    X_train: np.ndarray
+    V: np.ndarray
+    T: np.ndarray
+    scaler: StreamingScaler
+
+
+def labels_from_decision(dec: np.ndarray) -> np.ndarray:
+    """Labels from decisions (..., n_out): binary decision > 0 is class 1, else argmax."""
+    if dec.shape[-1] == 1:
+        return (dec[..., 0] > 0).astype(np.int64)
+    return dec.argmax(axis=-1).astype(np.int64)
+
+
+def val_key(val: float, n_features: int) -> tuple:
+    """Sort key: best val first, then fewer features."""
+    return (-round(val, 12), n_features)
+
+
+def _to_numpy(a: Any) -> Any:
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    if hasattr(a, "get") and not isinstance(a, dict):  # CuPy
+        return a.get()
+    return a
+
+
+def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequence[float],
+             masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A solver's fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
+    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks, init=init)
+    coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
+    icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
+    if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
+        coef, icpt = coef[None], icpt[None]
+    if masks is not None:
+        # features outside a mask must not count, whatever the solver leaves there
+        coef = coef * masks[:, None, None, :]
+    return coef, icpt
+
+
+def _slabs(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,
+           want: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, role ids, positions within the role) of one block, a slab of stored chunks at a time."""
+    d = reader.width(site)
+    chunk = reader.layout.chunk_rows
+    slab = chunk * max(1, _READ_BYTES // max(1, chunk * d * np.dtype(reader.layout.dtype).itemsize))
+    for split in plan.store_splits():
+        role_of, pos = row_maps[split]
+        for start in range(0, len(role_of), slab):
+            stop = min(start + slab, len(role_of))
+            r = role_of[start:stop]
+            if np.any(np.isin(r, want)):
+                yield reader.read(split, site, pool, layer, rows=slice(start, stop)), r, pos[start:stop]
+
+
+def load_block(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,
+               cache: StatsCache, roles: Sequence[int] = (0, 1, 2)) -> Block:
+    """Read one block slab by slab into train (float32, standardised) and raw val/test rows.
+
+    `roles` limits what is filled (0 train, 1 val, 2 test); the train statistics are always known.
+    """
+    d = reader.width(site)
+    raw_dtype = np.dtype(reader.layout.dtype)
+    scaler = cache.load(site, pool, layer)
+    fresh = scaler is None
+    want = sorted(set(roles) | ({0} if fresh else set()))
+    X = np.empty((plan.n("train") if 0 in want else 0, d), dtype=np.float32)
+    V = np.empty((plan.n("val") if 1 in want else 0, d), dtype=raw_dtype)
+    T = np.empty((plan.n("test") if 2 in want else 0, d), dtype=raw_dtype)
+    outs = (X, V, T)
+    if fresh:
+        scaler = StreamingScaler()
+    for block, r, p in _slabs(reader, plan, row_maps, site, pool, layer, want):
+        for role_id in want:
+            sel = r == role_id
+            if np.any(sel):
+                rows = block[sel]
+                outs[role_id][p[sel]] = rows
+                if role_id == 0 and fresh:
+                    scaler.partial_fit(rows)
+    if fresh:
+        cache.save(site, pool, layer, scaler)
+        # the same numbers a later read of the cache gives, so a resumed search is bitwise the same
+        scaler = StreamingScaler.from_stats(scaler.mean_, scaler.var_, scaler.n_samples_seen_)
+    if not np.all(np.isfinite(scaler.mean_)):
+        raise StoreError(
+            f"non-finite activations in {site}/{pool} layer {layer}: re-extract with --dtype float32"
+        )
+    scaler.transform_(X, ROW_CHUNK)
+    return Block(X, V, T, scaler)
+
+
+def read_columns(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,
+                 cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Some columns of one block's train, val and test rows, raw (store dtype), in one pass."""
+    raw_dtype = np.dtype(reader.layout.dtype)
+    outs = tuple(np.empty((plan.n(role), len(cols)), dtype=raw_dtype) for role in ("train", "val", "test"))
+    for block, r, p in _slabs(reader, plan, row_maps, site, pool, layer, (0, 1, 2)):
+        for role_id, out in enumerate(outs):
+            sel = r == role_id
+            if np.any(sel):
+                out[p[sel]] = block[sel][:, cols]
+    return outs
+
+
+def val_accuracy_raw(V: np.ndarray, scaler: StreamingScaler, coef: np.ndarray, icpt: np.ndarray,
+                     y: np.ndarray) -> np.ndarray:
+    """Accuracy of M models (coef (M, n_out, d)) on raw rows, reading only columns some model uses."""
+    cols = np.flatnonzero(np.any(coef != 0, axis=(0, 1)))
+    M, n_out = coef.shape[:2]
+    W = coef[:, :, cols].reshape(M * n_out, len(cols)).T
+    b = icpt.reshape(M * n_out)
+    correct = np.zeros(M, dtype=np.int64)
+    for s in range(0, V.shape[0], ROW_CHUNK):
+        Z = standardize_columns(V[s:s + ROW_CHUNK], cols, scaler.mean_[cols], scaler.scale_[cols])
+        dec = (Z @ W + b).reshape(Z.shape[0], M, n_out)
+        correct += (labels_from_decision(dec) == y[s:s + ROW_CHUNK, None]).sum(axis=0)
+    return correct / max(len(y), 1)
+
+
+def return_freed_blocks_to_os() -> None:
+    """Pin glibc's mmap threshold so freed slabs and blocks go back to the OS at once.
+
+    glibc raises its threshold each time a large mmapped buffer is freed, after which equal
+    buffers (read slabs, float64 statistics temporaries) come from the heap and stay resident,
+    fragmented, between layers: peak RSS then grew by about twice a block's size from N to 4N
+    rows. A fixed threshold keeps the peak at one block plus the solver. Process-wide and
+    harmless elsewhere; a no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(_MMAP_THRESHOLD))   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # musl or another libc: keep its defaults
+        log.debug("mallopt unavailable; heap retention not tuned")
