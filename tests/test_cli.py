@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from _stc_helpers import cli
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,19 @@ def test_piped_output_is_not_wrapped_at_80_columns(extracted):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and len(lines[0]) > 80, r.stderr          # the extract summary, whole
     assert "rows/s" in lines[0] and "tokens/s" in lines[0]
+
+
+# -- a mistyped alias or dataset id without a reachable hub fails at once ----------------------------
+@pytest.mark.parametrize("args,hint", [
+    (("--model", "minilmx", "--data", "rotten_tomatoes"), "did you mean minilm?"),
+    (("--model", "minilm", "--data", "rotten_tomatos"), "did you mean rotten_tomatoes?"),
+])
+def test_mistyped_alias_without_network_fails_fast(tmp_path, args, hint):
+    # a real process: the hub's offline flags are read at import; a closed local port stands in for
+    # a network without the hub (connection refused at once, the same in CI with network)
+    env = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = run_cli("extract", *args, "--store", str(tmp_path / "s.zarr"), env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr                                  # no retry warnings
+    assert hint in lines[0] and "cannot be reached" in lines[0] and "127.0.0.1:9" in lines[0]

@@ -217,6 +217,22 @@ def test_hub_id_unreachable(cache: Path, offline: None, caplog: pytest.LogCaptur
     assert any("trust_remote_code" in r.getMessage() for r in caplog.records)
 
 
+def test_mistyped_alias_suggests_the_bundled_one(cache: Path, offline: None) -> None:
+    with pytest.raises(DataNotFoundError) as e:
+        load_source("rotten_tomatos", cache_dir=cache)
+    one_line_error(e, "did you mean rotten_tomatoes?")
+    with pytest.raises(DataNotFoundError) as e:
+        load_source("imdb", cache_dir=cache)
+    assert "did you mean" not in str(e.value)                      # nothing close: no guess
+
+
+def test_file_name_with_glob_characters(tmp_path: Path, cache: Path) -> None:
+    # datasets reads data_files as glob patterns: [v2] must not become a character class
+    path = write_csv(tmp_path / "reviews[v2].csv")
+    write_csv(tmp_path / "reviews2.csv", ROWS[:1])                 # what the pattern would match
+    check_round_trip(load_source(str(path), cache_dir=cache))
+
+
 def test_text_column_errors(tmp_path: Path, cache: Path) -> None:
     path = write_csv(tmp_path / "d.csv")
     with pytest.raises(DataError) as e:

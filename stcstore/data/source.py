@@ -356,12 +356,15 @@ def _load_hub(spec: str, cache_dir: str | None, trust_remote_code: bool) -> dict
             )
         else:  # pragma: no cover - old datasets only
             kwargs["trust_remote_code"] = True
+    from ..hub import cache_only_unless_reachable, did_you_mean, hub_unreachable_note
+
     try:
-        loaded = datasets.load_dataset(spec, cache_dir=cache_dir, **kwargs)
+        with cache_only_unless_reachable():
+            loaded = datasets.load_dataset(spec, cache_dir=cache_dir, **kwargs)
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
         raise DataNotFoundError(
-            f"dataset {spec!r} is neither a local file nor a reachable Hugging Face dataset "
-            f"({_one_line(exc)}): {_alternatives()}"
+            f"dataset {spec!r} is neither a local file nor a reachable Hugging Face dataset"
+            f"{did_you_mean(spec, BUNDLED_DATASETS)} ({hub_unreachable_note() or _one_line(exc)}): {_alternatives()}"
         ) from exc
     except (ValueError, OSError) as exc:
         raise DataError(f"cannot load Hugging Face dataset {spec!r}: {_one_line(exc)}; fix the id or load it locally and save it as a file") from exc
