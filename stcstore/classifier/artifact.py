@@ -5,7 +5,9 @@ Layout (format_version 1)::
     classifier/
       config.json          label, classes, site, pool, k, eta, C, layers {"hidden": [...], "ffn": [...]},
                            n_blocks, n_features, n_out, model (the run's meta["model"] verbatim),
-                           extract (the run's meta["extract"] verbatim), run, fingerprint_hash, metrics
+                           extract (the run's meta["extract"] verbatim), compute_dtype (the forward's
+                           precision at extract time: predict/explain default to it; absent in
+                           older folders, then read from extract), run, fingerprint_hash, metrics
       weights.safetensors  coef (n_out, F) f32, intercept (n_out,) f32, scaler_mean (F,) f32,
                            scaler_scale (F,) f32, feature_site (F,) i64 (0 hidden, 1 ffn),
                            feature_layer (F,) i64, feature_index (F,) i64
@@ -72,8 +74,11 @@ class ClassifierArtifact:
     n_blocks: Optional[int] = None     # transformer blocks that must run (early exit)
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    compute_dtype: str = ""            # float32 | bfloat16 | float16; "" when unknown (very old runs)
 
     def __post_init__(self) -> None:
+        if not self.compute_dtype:
+            self.compute_dtype = str((self.extract or {}).get("compute_dtype") or "")
         self.coef = np.asarray(self.coef, dtype=np.float32)
         self.intercept = np.asarray(self.intercept, dtype=np.float32).reshape(-1)
         self.scaler_mean = np.asarray(self.scaler_mean, dtype=np.float32).reshape(-1)
@@ -194,6 +199,7 @@ class ClassifierArtifact:
             "n_out": self.n_out,
             "model": self.model,
             "extract": self.extract,
+            "compute_dtype": self.compute_dtype,
             "run": self.run,
             "fingerprint_hash": self.fingerprint_hash,
             "metrics": self.metrics,
@@ -265,6 +271,7 @@ class ClassifierArtifact:
                 model=cfg.get("model") or {}, extract=cfg.get("extract") or {}, run=cfg.get("run", ""),
                 fingerprint_hash=cfg.get("fingerprint_hash", ""), n_blocks=cfg.get("n_blocks"),
                 metrics=cfg.get("metrics") or {}, format_version=version,
+                compute_dtype=str(cfg.get("compute_dtype") or ""),
             )
         except ClassifierError as exc:
             raise ClassifierError(f"{str(w_path)!r} does not match {CONFIG_NAME}: {exc}") from None

@@ -4,18 +4,16 @@
 differ), and `predict` / `predict_proba` / `decision_function` / `transform` run the forward
 only as far as the last layer entry the classifier reads: the remaining blocks never run.
 Texts are tokenised exactly as `extract` did (the run's max_length, right truncation, right
-padding) and computed in the same precision rules (float32 on CPU, the run's dtype choice on CUDA).
+padding) and computed in the precision the run's forward used (its recorded compute dtype,
+whatever this device would choose for `auto`), unless another one is asked for (with a warning).
 
-`pooled_features` is the reusable part: pooled activations of chosen layers for any texts,
-through the same hooks and batching as `extract`.
+`pooled_features` (in `.features`) is the reusable part: pooled activations of chosen layers for
+any texts, through the same hooks and batching as `extract`. Writing results is `.predictions`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -23,11 +21,13 @@ import numpy as np
 import torch
 
 from ..errors import ClassifierError, ConfigError, ModelNotFoundError
-from ..extract.batching import iter_batches, tokenize_window
-from ..extract.capture import ActivationCapture, blocks_needed
-from ..extract.device import autocast, resolve_compute_dtype, resolve_device
+from ..extract.capture import blocks_needed
+from ..extract.device import DTYPE_NAMES, dtype_name, resolve_compute_dtype, resolve_device
 from ..models import LoadedModel, ModelSource, load_model, resolve_model, weight_hash
 from .artifact import SITE_NAMES, ClassifierArtifact
+from .features import WINDOW, as_texts, check_strings, iter_pooled, pooled_features
+# the I/O half lives in .predictions; these names stay importable from here
+from .predictions import Predictions, check_out_path, load_inputs, predict_data, predict_texts, write_predictions
 
 __all__ = [
     "STCClassifier",
@@ -39,14 +39,12 @@ __all__ = [
     "check_out_path",
     "load_inputs",
     "model_source_for",
+    "resolve_predict_dtype",
     "softmax",
     "sigmoid",
 ]
 
 log = logging.getLogger(__name__)
-
-# rows tokenised at once; batches are length-sorted inside such a window, like extract does
-_WINDOW = 1024
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -66,83 +64,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _as_texts(texts: Any) -> Sequence[str]:
-    """A single string is one text (never its characters); anything else must hold strings."""
-    if isinstance(texts, str):
-        return [texts]
-    if hasattr(texts, "tolist") and not isinstance(texts, (list, tuple)):
-        texts = texts.tolist()
-    if not hasattr(texts, "__len__") or not hasattr(texts, "__getitem__"):
-        texts = list(texts)
-    return texts
-
-
-def _check_strings(texts: Sequence[Any], start: int) -> list[str]:
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ConfigError(f"input {start + i} is {type(t).__name__}, not a string: pass texts as strings")
-    return out
-
-
-# -- pooled features ------------------------------------------------------------------------
-def pooled_features(
-    loaded: LoadedModel,
-    texts: Sequence[str] | str,
-    *,
-    layers: Mapping[str, Sequence[int]],
-    pools: Sequence[str] = ("mean",),
-    max_length: int = 512,
-    batch_size: int = 32,
-    device: Optional[torch.device | str] = None,
-    compute_dtype: Optional[torch.dtype] = None,
-    progress: bool = False,
-    desc: str = "features",
-) -> dict[tuple[str, str], np.ndarray]:
-    """Pooled activations of texts: {(site, pool): (n_layers_given, n, width) float32}, rows in input order.
-
-    `layers` names the layer entries per site (hidden l = HF hidden_states[l], ffn l = input of
-    block l's MLP output projection); the forward stops after the last of them. Tokenisation,
-    batching and pooling are extract's own (`tokenize_window`, `iter_batches`, `ActivationCapture`),
-    so the numbers equal what `extract` would store (before its float16 cast).
-    """
-    texts = _as_texts(texts)
-    layers = {s: sorted(int(l) for l in ls) for s, ls in layers.items() if ls}
-    if not layers:
-        raise ConfigError("no layers given: name at least one layer entry of hidden or ffn")
-    dev = torch.device(device) if device is not None else next(loaded.model.parameters()).device
-    dtype = compute_dtype or torch.float32
-    widths = {"hidden": int(loaded.info["d"]), "ffn": int(loaded.info["d_ff"])}
-    n = len(texts)
-    out = {(s, p): np.empty((len(ls), n, widths[s]), dtype=np.float32) for s, ls in layers.items() for p in pools}
-    for start, stop, values in _iter_pooled(loaded, texts, layers, tuple(pools), max_length, batch_size, dev, dtype,
-                                            progress, desc):
-        for key, (idx, t) in values.items():
-            out[key][:, start + idx, :] = t
-    return out
-
-
-def _iter_pooled(loaded, texts, layers, pools, max_length, batch_size, device, dtype, progress, desc):
-    """Yield (window start, stop, {(site, pool): (row positions in window, (n_layers, B, width) array)}) per batch."""
-    from tqdm.auto import tqdm
-
-    n = len(texts)
-    pad_id = loaded.tokenizer.pad_token_id
-    bar = tqdm(total=n, unit="row", disable=not progress or n == 0, file=sys.stderr, desc=desc, dynamic_ncols=True)
-    try:
-        with ActivationCapture(loaded, tuple(layers), pools, layers=layers) as cap, autocast(device, dtype):
-            for start in range(0, n, _WINDOW):
-                stop = min(n, start + _WINDOW)
-                chunk = _check_strings(texts[start:stop], start)
-                tw = tokenize_window(loaded.tokenizer, chunk, max_length, "input", start)
-                for idx, batch in iter_batches(tw, batch_size, pad_id, device):
-                    values = cap.run(batch)
-                    yield start, stop, {k: (idx, v.cpu().numpy()) for k, v in values.items()}
-                    bar.update(len(idx))
-    finally:
-        bar.close()
 
 
 # -- resolving the classifier's model -------------------------------------------------------
@@ -196,6 +117,33 @@ def _hash_message(where: str, info: Mapping[str, Any], spec: str, got: str) -> s
         f"but {spec!r} has weight hash {got}: pass --model with the model it was trained on, "
         f"or extract and probe again with this model"
     )
+
+
+def resolve_predict_dtype(art: ClassifierArtifact, requested: Optional[str], device: torch.device) -> torch.dtype:
+    """The forward's dtype for predict/explain: the one recorded at extract time, unless `requested`.
+
+    A classifier is fitted to features of one precision; recomputing them in another moves every
+    feature a little (bf16 keeps 8 mantissa bits), so a different dtype is used only when asked,
+    with a warning. Classifiers that record none (written before this was kept) follow the run's
+    `--dtype` rule on this device, as they always did.
+    """
+    recorded = art.compute_dtype
+    if recorded and recorded not in DTYPE_NAMES.values():
+        raise ClassifierError(
+            f"the classifier records compute dtype {recorded!r}, not one of {', '.join(DTYPE_NAMES.values())}: "
+            f"re-run `stcstore probe`"
+        )
+    if requested is None:
+        if recorded:
+            return resolve_compute_dtype(recorded, device)
+        return resolve_compute_dtype((art.extract or {}).get("dtype") or "auto", device)
+    got = resolve_compute_dtype(requested, device)
+    if recorded and dtype_name(got) != recorded:
+        log.warning(
+            "computing features in %s but the classifier was trained on features extracted in %s: predictions may "
+            "differ slightly (omit --dtype to use %s)", dtype_name(got), recorded, recorded,
+        )
+    return got
 
 
 # -- the classifier -------------------------------------------------------------------------
@@ -267,17 +215,15 @@ class STCClassifier:
 
         The model comes from `model` if given, else the classifier's recorded spec, else its
         recorded path; its weight hash must equal the classifier's (ClassifierError otherwise).
-        `dtype` overrides the compute dtype (default: the run's `--dtype` rule on this device).
+        `dtype` (auto, float32, bfloat16, float16) overrides the compute dtype; default: the one the
+        run's forward used at extract time (`resolve_predict_dtype`).
         """
         art = ClassifierArtifact.load(path)
         info = art.model or {}
         if not info:
             raise ClassifierError(f"classifier {str(path)!r} does not record its model: re-run `stcstore probe`")
         dev = resolve_device(device)
-        choice = dtype or (art.extract or {}).get("dtype") or "auto"
-        if choice not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"unknown dtype {choice!r}: choose from auto, float32, bfloat16, float16")
-        compute_dtype = resolve_compute_dtype(choice, dev)
+        compute_dtype = resolve_predict_dtype(art, dtype, dev)
         source = _pick_source(model_source_for(info, model), info, str(path))
         revision = info.get("revision") if source.kind == "hub" else None
         loaded = load_model(source, device=dev, weights_dtype=compute_dtype, trust_remote_code=trust_remote_code,
@@ -323,7 +269,7 @@ class STCClassifier:
 
     def transform(self, texts: Sequence[str] | str) -> np.ndarray:
         """The classifier's input features (n, n_features_), pooled and unscaled, in artifact column order."""
-        return self._gathered(_as_texts(texts))
+        return self._gathered(as_texts(texts))
 
     def _gathered(self, texts: Sequence[str], desc: str = "predict") -> np.ndarray:
         parts = [X for _start, X in self._iter_gathered(texts, desc)]
@@ -333,12 +279,12 @@ class STCClassifier:
         """(window start, its (rows, n_features_) unscaled features), a window of rows at a time."""
         n = len(texts)
         if not self._select:  # an intercept-only classifier reads nothing: no forward at all
-            for start in range(0, n, _WINDOW):
-                chunk = _check_strings(texts[start:start + _WINDOW], start)
+            for start in range(0, n, WINDOW):
+                chunk = check_strings(texts[start:start + WINDOW], start)
                 yield start, np.zeros((len(chunk), 0), np.float32)
             return
         X, cur = None, -1
-        for start, stop, values in _iter_pooled(
+        for start, stop, values in iter_pooled(
             self.loaded_, texts, {s: ls for s, ls in self.layers_.items() if ls}, (self.pool_,),
             self.max_length_, self.batch_size, self.device_, self.compute_dtype_, self.progress, desc,
         ):
@@ -355,7 +301,7 @@ class STCClassifier:
     # -- scikit-learn API ------------------------------------------------------------------
     def decision_raw(self, texts: Sequence[str] | str) -> np.ndarray:
         """Decision values (n, n_out): n_out = 1 for binary (logit of classes_[1]), K for multiclass."""
-        return self._decide_sequence(_as_texts(texts))
+        return self._decide_sequence(as_texts(texts))
 
     def _decide_sequence(self, texts: Sequence[str], desc: str = "predict") -> np.ndarray:
         # decisions a window at a time: the (rows, features) matrix of a whole file never exists
@@ -396,150 +342,3 @@ class STCClassifier:
         return (f"STCClassifier(model={self.model_info_.get('spec')!r}, site={self.site_!r}, pool={self.pool_!r}, "
                 f"classes={self.classes_.tolist()!r}, n_features={self.n_features_}, "
                 f"blocks_run={self.blocks_run_}/{self.n_layers_})")
-
-
-# -- predicting whole inputs (what `stcstore predict` calls) ----------------------------------
-class _SplitTexts:
-    """The texts of a source split as a lazily read sequence (only slices are read)."""
-
-    def __init__(self, split: Any):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item: slice) -> list[str]:
-        start, stop, _ = item.indices(len(self.split))
-        return self.split.texts(start, stop)
-
-
-@dataclass
-class Predictions:
-    """Labels, decision values and probabilities of many rows, with where each row came from."""
-
-    classes: list[Any]
-    labels: list[Any]                      # (n,) class values (plain Python types)
-    decision: np.ndarray                   # (n, n_out): binary n_out = 1 (logit of classes[1])
-    proba: np.ndarray                      # (n, n_classes), columns in `classes` order
-    texts: Optional[list[str]] = None      # the inputs, when they were given as texts
-    split: Optional[list[str]] = None      # per row: the source split (for --data)
-    row: Optional[np.ndarray] = None       # per row: its position in its split (for --data)
-    seconds: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def records(self, proba: bool = True, decision: bool = False) -> Iterable[dict[str, Any]]:
-        """One dict per row: [split, row | text], label, proba (list in `classes` order), decision."""
-        for i, label in enumerate(self.labels):
-            rec: dict[str, Any] = {}
-            if self.split is not None:
-                rec["split"] = self.split[i]
-                rec["row"] = int(self.row[i])
-            if self.texts is not None:
-                rec["text"] = self.texts[i]
-            rec["label"] = label
-            if proba:
-                rec["proba"] = [float(p) for p in self.proba[i]]
-            if decision:
-                d = self.decision[i]
-                rec["decision"] = float(d[0]) if d.shape[0] == 1 else [float(v) for v in d]
-            yield rec
-
-    def to_json(self, proba: bool = True) -> dict[str, Any]:
-        """The `--json` document: {"classes", "n", "predictions": [{..., "label", "proba", "decision"}]}."""
-        return {"classes": list(self.classes), "n": len(self),
-                "predictions": list(self.records(proba=proba, decision=True))}
-
-    def to_frame(self, proba: bool = True):
-        """A pandas DataFrame: [split, row | text], label, then proba_<class> columns with `proba`."""
-        import pandas as pd
-
-        cols: dict[str, Any] = {}
-        if self.split is not None:
-            cols["split"] = self.split
-            cols["row"] = np.asarray(self.row, dtype=np.int64)
-        if self.texts is not None:
-            cols["text"] = self.texts
-        cols["label"] = self.labels
-        if proba:
-            for j, c in enumerate(self.classes):
-                cols[f"proba_{c}"] = self.proba[:, j]
-        return pd.DataFrame(cols)
-
-
-OUT_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-
-
-def check_out_path(path: str | Path) -> Path:
-    """Refuse an output path whose extension is not a known format, or that is a folder (before any work)."""
-    path = Path(path).expanduser()
-    ext = path.suffix.lower()
-    if ext not in OUT_FORMATS:
-        raise ConfigError(f"--out {str(path)!r}: unknown extension {ext or '(none)'!r}, use one of {', '.join(OUT_FORMATS)}")
-    if path.is_dir():
-        raise ConfigError(f"--out {str(path)!r} is a folder: give a file path ending in {', '.join(OUT_FORMATS)}")
-    return path
-
-
-def write_predictions(preds: Predictions, path: str | Path, proba: bool = False) -> Path:
-    """Write predictions by extension: .csv/.tsv/.parquet (a table), .jsonl (one object a row), .json (one document)."""
-    import json
-
-    path = check_out_path(path)
-    ext = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if ext in (".csv", ".tsv"):
-            preds.to_frame(proba).to_csv(tmp, index=False, sep="," if ext == ".csv" else "\t")
-        elif ext == ".parquet":
-            preds.to_frame(proba).to_parquet(tmp, index=False)
-        elif ext == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for rec in preds.records(proba=proba):
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        else:
-            tmp.write_text(json.dumps(preds.to_json(proba=proba), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write --out {str(path)!r} ({exc}): give a writable file path") from None
-    return path
-
-
-def _plain(values: np.ndarray) -> list[Any]:
-    return np.asarray(values).tolist()
-
-
-def predict_texts(clf: STCClassifier, texts: Sequence[str] | str) -> Predictions:
-    """Predict texts given directly (kept in the result)."""
-    t0 = time.perf_counter()
-    texts = list(_as_texts(texts))
-    dec = clf.decision_raw(texts)
-    return Predictions(classes=_plain(clf.classes_), labels=_plain(clf.labels_from_decision(dec)), decision=dec,
-                       proba=clf.proba_from_decision(dec), texts=texts, seconds=time.perf_counter() - t0)
-
-
-def load_inputs(data: str, text_column: str = "text", splits: Optional[Sequence[str]] = None) -> Any:
-    """The texts of a csv / jsonl / parquet file, folder, dataset alias or hub id (a `Source`, no other columns)."""
-    from ..data import load_source
-
-    return load_source(data, text_column=text_column, columns=(), splits=splits)
-
-
-def predict_data(clf: STCClassifier, data: Any, text_column: str = "text",
-                 splits: Optional[Sequence[str]] = None) -> Predictions:
-    """Predict every row of every split (in order) of a csv / jsonl / parquet file, folder, alias or hub id
-    (or of a `Source` from `load_inputs`)."""
-    t0 = time.perf_counter()
-    source = load_inputs(data, text_column, splits) if isinstance(data, str) else data
-    decs, split_names, rows = [], [], []
-    for name, split in source.splits.items():
-        decs.append(clf._decide_sequence(_SplitTexts(split), desc=f"predict {name}"))
-        split_names += [name] * len(split)
-        rows.append(np.arange(len(split), dtype=np.int64))
-    dec = np.concatenate(decs) if decs else np.zeros((0, clf.artifact_.n_out), np.float32)
-    return Predictions(classes=_plain(clf.classes_), labels=_plain(clf.labels_from_decision(dec)), decision=dec,
-                       proba=clf.proba_from_decision(dec), split=split_names, row=np.concatenate(rows),
-                       seconds=time.perf_counter() - t0)

@@ -23,6 +23,7 @@ def explain_cmd(
     centered: bool = typer.Option(False, "--centered", help="Contributions relative to an average training text (activation minus the scaler mean); the intercept is then the classifier's own."),
     top: int = typer.Option(10, "--top", help="Rows of the top-tokens table."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype auto, float32, bfloat16 or float16 (default: the one the classifier's features were extracted in; another one warns)."),
     model: Optional[str] = typer.Option(None, "--model", help="Where the classifier's model is now, if it moved (its weights must be the same)."),
 ) -> None:
     """Show how much each token adds to the decision: intercept + contributions = logit, exactly."""
@@ -33,7 +34,7 @@ def explain_cmd(
 
     if device not in DEVICES:
         raise ConfigError(f"unknown --device {device!r}: choose from {','.join(DEVICES)}")
-    clf = STCClassifier.load(classifier, device=device, model=model)
+    clf = STCClassifier.load(classifier, device=device, model=model, dtype=dtype)
     expl = explain_text(clf, text, centered=centered)
     expl.view(target)  # an unknown --class fails before anything is printed
     if plot:

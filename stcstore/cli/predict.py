@@ -30,6 +30,7 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document {classes, n, predictions: [{label, proba, decision}]}."),
     batch_size: int = typer.Option(32, "--batch-size", help="Rows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype auto, float32, bfloat16 or float16 (default: the one the classifier's features were extracted in; another one warns)."),
     model: Optional[str] = typer.Option(None, "--model", help="Where the classifier's model is now, if it moved (its weights must be the same)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
@@ -59,7 +60,7 @@ def predict_cmd(
         check_out_path(out)
     # the inputs are checked before the model loads: a wrong column fails in a second
     source = load_inputs(data, text_column=text_column, splits=split) if data else None
-    clf = STCClassifier.load(classifier, device=device, model=model, batch_size=batch_size,
+    clf = STCClassifier.load(classifier, device=device, model=model, batch_size=batch_size, dtype=dtype,
                              progress=bool(data) and not no_progress)
     preds = predict_data(clf, source) if source is not None else predict_texts(clf, texts)
     n = len(preds)

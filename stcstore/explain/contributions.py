@@ -24,9 +24,10 @@ of an average training text. Both decompositions are exact; the default follows 
 Binary classifiers have one output column (the logit of classes[1]: positive contributions push
 towards classes[1]); multiclass ones have one column per class (softmax scores).
 
-Activations are captured per token with forward hooks at the same places as extract's
-(`ActivationCapture`: the input of block l for hidden l, the final norm's output for hidden L,
-the input of the MLP output projection for ffn l); the forward stops after the last needed one.
+Activations are captured per token by extraction's own hooks (`extract.capture.LayerHooks`: the
+input of block l for hidden l, the final norm's output for hidden L, the input of the MLP output
+projection for ffn l), in the classifier's compute dtype under autocast as at extract time; the
+forward stops after the last needed one.
 """
 
 from __future__ import annotations
@@ -40,66 +41,34 @@ import torch
 from ..classifier.artifact import SITE_NAMES
 from ..errors import ConfigError
 from ..extract.batching import iter_batches, tokenize_window
-from ..extract.capture import ActivationCapture, capture_order
+from ..extract.capture import LayerHooks
 from ..extract.device import autocast
-from ..models.architectures import get_module
 from ..models.loading import LoadedModel
 
 __all__ = ["Explanation", "TokenActivations", "token_activations", "decompose", "explain_text"]
 
 
-class _Stop(Exception):
-    """Raised from a hook once the last needed activation is captured."""
-
-
-def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _first_output(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 class TokenActivations:
-    """Context manager: hooks that keep every token's activation of chosen layers (batch of one)."""
+    """Context manager: keeps every token's activation of chosen layers (batch of one), through
+    the same hooks as extraction (`LayerHooks`); the forward stops after the last needed one."""
 
     def __init__(self, loaded: LoadedModel, layers: Mapping[str, Sequence[int]]):
         self.loaded = loaded
         self.layers = {s: sorted(int(l) for l in ls) for s, ls in layers.items() if ls}
         if not self.layers:
             raise ConfigError("no layers to capture")
-        self._stop_at = max(capture_order(s, l) for s, ls in self.layers.items() for l in ls)
-        self._handles: list = []
         self._out: dict[tuple[str, int], torch.Tensor] = {}
-        # only for its model_inputs(): position ids and use_cache exactly as extract passes them
-        self._inputs = ActivationCapture(loaded, tuple(self.layers), ("mean",), layers=self.layers)
+        self.hooks = LayerHooks(loaded, self.layers, self._keep)
 
     def _keep(self, site: str, layer: int, x: torch.Tensor) -> None:
         self._out[(site, layer)] = x[0].detach().to(torch.float64).cpu()
-        if capture_order(site, layer) == self._stop_at:
-            raise _Stop
 
     def __enter__(self) -> "TokenActivations":
-        arch, model = self.loaded.arch, self.loaded.model
-        blocks = get_module(model, arch.blocks)
-        n = len(blocks)
-        for layer in self.layers.get("hidden", []):
-            if layer < n:
-                self._handles.append(blocks[layer].register_forward_pre_hook(
-                    lambda m, a, k, _l=layer: self._keep("hidden", _l, _hidden_arg(a, k)), with_kwargs=True))
-            else:
-                last = get_module(model, arch.final_norm) if arch.final_norm else blocks[n - 1]
-                self._handles.append(last.register_forward_hook(
-                    lambda m, a, o: self._keep("hidden", n, _first_output(o))))
-        for layer in self.layers.get("ffn", []):
-            proj = get_module(blocks[layer], arch.ffn_out)
-            self._handles.append(proj.register_forward_pre_hook(lambda m, a, _l=layer: self._keep("ffn", _l, a[0])))
+        self.hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self.hooks.__exit__(*exc)
 
     @torch.inference_mode()
     def run(self, batch: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
@@ -107,10 +76,7 @@ class TokenActivations:
         if batch["input_ids"].shape[0] != 1:
             raise ValueError("TokenActivations.run takes a batch of one text")
         self._out = {}
-        try:
-            self.loaded.model(**self._inputs.model_inputs(batch))
-        except _Stop:
-            pass
+        self.hooks.forward(batch)
         missing = [(s, l) for s, ls in self.layers.items() for l in ls if (s, l) not in self._out]
         if missing:
             raise RuntimeError(f"hooks did not fire for {missing[:3]}: the architecture table entry is wrong")
