@@ -14,6 +14,8 @@ __all__ = [
     "DEVICES",
     "DEVICE_MAPS",
     "BACKENDS",
+    "CODECS",
+    "DEFAULT_CODEC",
     "DEFAULT_C_GRID",
     "DEFAULT_ETA_GRID",
     "ExtractConfig",
@@ -27,6 +29,10 @@ DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
 BACKENDS: tuple[str, ...] = ("auto", "sklearn", "torch", "cuml")
+# codecs of stored activations (stcstore.store.layout.compressors); the default measured fastest
+# at disk <= raw float16 (benchmarks/store_ingest.py)
+CODECS: tuple[str, ...] = ("lz4", "zstd", "zstd1", "none")
+DEFAULT_CODEC = "lz4"
 # C of sklearn's convention (inverse penalty strength), log-spaced.
 DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
 # cumulative squared-weight share kept per layer; 1.0 keeps every nonzero weight.
@@ -75,6 +81,8 @@ class ExtractConfig:
     progress: bool = True
     # accelerate's device_map for models larger than one GPU ("auto", "balanced", ...); None: one device
     device_map: Optional[str] = None
+    # codec of the stored activations (not in the fingerprint: the numbers read back are the same)
+    codec: str = DEFAULT_CODEC
 
     def validate(self) -> "ExtractConfig":
         """Check option values; raise ConfigError naming the bad one."""
@@ -94,6 +102,8 @@ class ExtractConfig:
             raise ConfigError(f"unknown --dtype {self.dtype!r}: choose from {','.join(DTYPES)}")
         if not self.text_column:
             raise ConfigError("--text-column is empty: name the column that holds the text")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown --codec {self.codec!r}: choose from {','.join(CODECS)}")
         if self.device_map is not None and self.device_map not in DEVICE_MAPS:
             raise ConfigError(f"unknown --device-map {self.device_map!r}: choose from {','.join(DEVICE_MAPS)}")
         return self

@@ -116,3 +116,23 @@ def test_store_without_checksums_still_reads_and_verifies(tmp_path, tiny_model, 
     assert res.returncode == 0 and "no checksums" in res.stdout, (res.stdout, res.stderr)
     (store / "r1" / "train" / "hidden" / "mean" / "c" / "0" / "0" / "0").unlink()
     _one_line_exit2(cli("verify", "--store", store, "--no-progress"), "train/hidden/mean window 0 (rows 0-7, layer 0): missing")
+
+
+@pytest.mark.parametrize("codec,name", [("zstd", "blosc"), ("none", None)])
+def test_codec_option_recorded_in_array_metadata_same_numbers(tmp_path, tiny_model, review_csv, codec, name, store):
+    other = tmp_path / f"{codec}.zarr"
+    res = cli("extract", "--model", tiny_model("bert"), "--data", review_csv, "--store", other, "--run", "r1", "--limit", 30,
+              "--max-length", 32, "--chunk-rows", CHUNK, "--pool", "mean,last", "--no-progress", "--codec", codec)
+    assert res.returncode == 0, res.stderr
+    codecs = json.loads((other / "r1" / "train" / "ffn" / "mean" / "zarr.json").read_text())["codecs"]
+    names = [c["name"] for c in codecs[1:]]  # after the bytes serializer
+    assert names == ([name] if name else []) + ["crc32c"], names
+    if name == "blosc":
+        assert codecs[1]["configuration"]["cname"] == "zstd"
+    ref, got = _values(store), _values(other)   # store: the default lz4
+    for key in ref:
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=str(key))
+    # the codec is not part of the fingerprint
+    assert open_run(other).fingerprint == open_run(store).fingerprint
+    bad = cli("extract", "--model", tiny_model("bert"), "--data", review_csv, "--store", tmp_path / "x.zarr", "--codec", "gzip")
+    _one_line_exit2(bad, "--codec", "lz4")

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ..config import ExtractConfig
+from ..config import DEFAULT_CODEC, ExtractConfig
 from .app import app
 from .common import err_console, handle_errors, split_csv
 
@@ -32,6 +32,7 @@ def extract_cmd(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code from the hub."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the model."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="Codec of the stored activations: lz4 (fast, about 0.97 of raw float16), zstd (0.87, about 5x slower), zstd1, none. Every chunk also carries a crc32c checksum."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one GPU over the GPUs and CPU memory (accelerate); also balanced, sequential."),
 ) -> None:
     """Run a model over a dataset and store pooled activations of every layer (resumable)."""
@@ -41,7 +42,7 @@ def extract_cmd(
         model=model, data=data, store=store, run=run, text_column=text_column, columns=split_csv(columns),
         splits=tuple(split) if split else None, pools=pool, sites=site, max_length=max_length,
         batch_size=batch_size, device=device, dtype=dtype, limit=limit, chunk_rows=chunk_rows,
-        trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map,
+        trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map, codec=codec,
     )
     from ..extract.distributed import PeerFailedError
 

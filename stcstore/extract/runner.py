@@ -204,6 +204,7 @@ def _open_or_create(config: ExtractConfig, prep: _Prepared, root) -> RunWriter:
             splits={n: len(s) for n, s in source.splits.items()}, sites=tuple(config.sites),
             pools=tuple(config.pools), n_layers={s: prep.n_layers[s] for s in config.sites},
             width={s: prep.widths[s] for s in config.sites}, dtype=config.store_dtype, chunk_rows=prep.chunk_rows,
+            codec=config.codec,
         )
         meta = {
             "model": prep.loaded.info,

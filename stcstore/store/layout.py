@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..config import CODECS, DEFAULT_CODEC
+
 __all__ = [
     "FORMAT_VERSION",
     "ROOT_ATTR",
@@ -11,6 +13,7 @@ __all__ = [
     "PROGRESS_DIR",
     "LOCK_FILE",
     "PROBES_DIR",
+    "PROBE_LOCK_FILE",
     "CACHE_GROUP",
     "ROW_ID",
     "N_TOKENS",
@@ -31,6 +34,7 @@ RUN_ATTR = "stcstore_run"       # run group attrs: fingerprint, model, dataset, 
 PROGRESS_DIR = "_progress"      # <run>/_progress/<split>/w<index>.json: committed windows
 LOCK_FILE = "_writer.lock"      # <run>/_writer.lock: flock held by the one writer
 PROBES_DIR = "probes"           # <run>/probes/<name>/: report.json, classifier/, plots
+PROBE_LOCK_FILE = "_probe.lock"  # <run>/probes/<name>/_probe.lock: flock held by the experiment's writer
 CACHE_GROUP = "_cache"          # <run>/_cache/...: probe statistics reused across experiments
 ROW_ID = "row_id"
 N_TOKENS = "n_tokens"
@@ -62,13 +66,11 @@ def chunk_rows_for(min_width: int, dtype: str, n_rows: int) -> int:
     return max(1, min(rows, n_rows))
 
 
-# Activation codecs, by name (`extract --codec`). blosc takes its typesize from the array dtype,
-# so byte shuffle sees 2-byte float16 values. Measured on real MiniLM activations (benchmarks/
-# store_ingest.py): zstd 3 stores 0.866 of raw at ~350 MB/s a core, zstd 1 0.879 at ~600 MB/s,
-# lz4 0.973 at ~1.8 GB/s; lz4 keeps the disk under raw float16 and lets one host core keep up
-# with a fast GPU, so it is the default.
-CODECS: tuple[str, ...] = ("lz4", "zstd", "zstd1", "none")
-DEFAULT_CODEC = "lz4"
+# Activation codecs, by name (`extract --codec`, config.CODECS). blosc takes its typesize from
+# the array dtype, so byte shuffle sees 2-byte float16 values. Measured on real MiniLM
+# activations, one core (benchmarks/store_ingest.py): blosc zstd 3 stores 0.866 of raw at about
+# 350 MB/s, zstd 1 0.879 at 600 MB/s, lz4 0.973 at 1.8 GB/s: lz4 keeps the disk under raw
+# float16 at a fifth of zstd's CPU, so it is the default.
 
 
 def compressors(codec: str = DEFAULT_CODEC) -> tuple:
