@@ -9,7 +9,7 @@ from .app import app
 __all__ = ["app", "main"]
 
 # each module registers its command on `app`; a missing one (work in progress) is skipped
-for _name in ("extract", "info", "probe", "predict", "explain", "demo", "verify"):
+for _name in ("extract", "info", "probe", "predict", "explain", "demo", "verify", "rm"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _exc:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import ConfigError
+from ..store.layout import PROBE_LOCK_FILE
 from ..store.lock import WriterLock
+from ..store.remove import experiment_lock
 from ..store.progress import atomic_write_text
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SETTINGS_NAME = "experiment.json"
-LOCK_NAME = "_probe.lock"
+LOCK_NAME = PROBE_LOCK_FILE
 CHECKPOINT_DIR = "_checkpoints"
 REPORT_NAME = "report.json"
 _SETTINGS_VERSION = 1
@@ -48,12 +50,6 @@ def _show(v: Any) -> str:
     if isinstance(v, list):
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
     return repr(v) if isinstance(v, str) else str(v)
-
-
-def experiment_lock(folder: Path, name: str) -> WriterLock:
-    """The lock of one experiment folder (taken by `probe` and `rm`)."""
-    return WriterLock(folder, name, path=Path(folder) / LOCK_NAME, what=f"experiment {name!r}",
-                      fix="wait for that probe to finish, or use another --name")
 
 
 class Experiment:
