@@ -9,7 +9,6 @@ extraction resumes where it stopped, so running the demo again is quick.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -98,7 +97,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """Extract (or resume) and probe (or reuse) the bundled demo; return the report and paths."""
     from .extract import extract
     from .probe.search import run_probe
-    from .store.reader import RunReader
 
     config.validate()
     out = Path(config.out).expanduser()
@@ -111,54 +109,24 @@ def run_demo(config: DemoConfig) -> DemoResult:
     timing["extract"] = time.perf_counter() - t0
     extract_reused = ex.rows_done_now == 0
 
-    reader = RunReader(config.store_path, config.run_name)
-    exp = reader.probes_dir() / DEMO_EXPERIMENT
-    report = _load_report(exp)
     t1 = time.perf_counter()
-    probe_reused = report is not None
-    if report is None:
-        probe = ProbeConfig(
-            store=str(config.store_path), run=config.run_name, label=DEMO_LABEL, name=DEMO_EXPERIMENT,
-            out=str(out), backend=config.backend, device=config.device, progress=config.progress,
-        )
-        if not config.full:
-            probe.pools, probe.c_grid, probe.eta_grid = QUICK_POOLS, QUICK_C_GRID, QUICK_ETA_GRID
-        res = run_probe(probe)
-        report, exp = res.report, res.path
-    else:
-        log.info("reusing experiment %s (delete it to probe again)", exp)
-        _copy_outputs(exp, out)
+    probe = ProbeConfig(
+        store=str(config.store_path), run=config.run_name, label=DEMO_LABEL, name=DEMO_EXPERIMENT,
+        out=str(out), backend=config.backend, device=config.device, progress=config.progress,
+        # the demo's own experiment: another grid (--full) replaces it rather than being refused
+        overwrite=True,
+    )
+    if not config.full:
+        probe.pools, probe.c_grid, probe.eta_grid = QUICK_POOLS, QUICK_C_GRID, QUICK_ETA_GRID
+    # a finished experiment with these settings is returned as it is; an interrupted one resumes
+    res = run_probe(probe)
+    report, exp, probe_reused = res.report, res.path, res.finished_before
     timing["probe"] = time.perf_counter() - t1
     timing["total"] = time.perf_counter() - t0
     return DemoResult(
         store=config.store_path, run=config.run_name, experiment=exp, classifier=out / "classifier", out=out,
         report=report, rows=ex.rows_total, extract_reused=extract_reused, probe_reused=probe_reused, timing_s=timing,
     )
-
-
-def _load_report(exp: Path) -> Optional[dict[str, Any]]:
-    """A finished experiment's report, or None when it is missing or unreadable (then probe again)."""
-    try:
-        report = json.loads((exp / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not (exp / "classifier" / "config.json").is_file() or not isinstance(report, dict) or "stc" not in report:
-        return None
-    return report
-
-
-def _copy_outputs(exp: Path, out: Path) -> None:
-    import shutil
-
-    out.mkdir(parents=True, exist_ok=True)
-    for child in exp.iterdir():
-        dest = out / child.name
-        if child.is_dir():
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.copytree(child, dest)
-        else:
-            shutil.copy2(child, dest)
 
 
 def demo_examples(n_used: Optional[int]) -> list[tuple[str, str]]:

@@ -86,6 +86,7 @@ class ProbeResult:
     out: Optional[Path]              # the --out copy, if asked for
     classifier: Any                  # ClassifierArtifact
     search: list[dict[str, Any]] = field(default_factory=list)
+    finished_before: bool = False    # True when a finished experiment was returned as it was
 
     @property
     def stc(self) -> dict[str, Any]:
@@ -217,7 +218,8 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
     fp_hash = reader.meta.get("fingerprint_hash") or fingerprint_hash(reader.fingerprint)
     settings = _settings(config, reader, fp_hash, sites, pools, solver, want_concat)
     with Experiment(reader.probes_dir(), name).open(settings, fresh=config.fresh, overwrite=config.overwrite) as exp:
-        if exp.finished:
+        finished_before = exp.finished
+        if finished_before:
             report, search, artifact = load_outputs(exp.path)
             log.info("experiment %r is finished with these settings: returning its result", name)
         else:
@@ -228,7 +230,8 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
     log.info("STC %s/%s eta %g k %d C %g: val %.4f test %.4f (%d features); in %s",
              stc["site"], stc["pool"], stc["eta"], stc["k"], stc["C"], stc["val"], stc["test"],
              stc["n_features"], exp.path)
-    return ProbeResult(report=report, name=name, path=exp.path, out=out_copy, classifier=artifact, search=search)
+    return ProbeResult(report=report, name=name, path=exp.path, out=out_copy, classifier=artifact, search=search,
+                       finished_before=finished_before)
 
 
 _PRIVATE = ("_probe.lock", "_checkpoints", "experiment.json")
