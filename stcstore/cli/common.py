@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..errors import StcstoreError, UserError
 
-__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv"]
+__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command"]
 
 
 def _console(stderr: bool) -> Console:
@@ -73,6 +73,15 @@ def print_error(exc: BaseException) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)))
 
 
+# what is true after Ctrl-C, per command (the function's name); extract and probe resume
+_INTERRUPTED = {
+    "extract_cmd": "rerun the same command to resume after the last committed window",
+    "probe_cmd": "rerun the same command to resume (finished layer probes and aggregations are kept)",
+    "demo_cmd": "rerun the same command to resume",
+    "rm_cmd": "the run or experiment may be partly deleted: rerun the same command to finish",
+}
+
+
 def handle_errors(fn: F) -> F:
     """Turn a user error into one stderr line and exit 2, any other stcstore error into exit 1."""
 
@@ -87,7 +96,7 @@ def handle_errors(fn: F) -> F:
             print_error(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: rerun the same command to resume")
+            err_console.print(f"interrupted: {_INTERRUPTED.get(fn.__name__, 'nothing was written')}")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -98,3 +107,19 @@ def split_csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def self_command() -> str:
+    """How to run this stcstore from a fresh shell: `stcstore` when PATH finds this one, else a full path."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    # the console script sits next to the interpreter (.venv/bin); a fresh shell has no venv active
+    script = Path(sys.executable).parent / ("stcstore.exe" if os.name == "nt" else "stcstore")
+    on_path = shutil.which("stcstore")
+    if on_path and script.is_file() and Path(on_path).resolve() == script.resolve():
+        return "stcstore"
+    if script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m stcstore"

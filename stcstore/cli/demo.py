@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.text import Text
 
 from .app import app
-from .common import err_console, handle_errors, out_console
+from .common import err_console, handle_errors, out_console, self_command
 
 
 @app.command("demo")
@@ -59,11 +61,11 @@ def demo_cmd(
         out_console.print(f"  {label!s:<7} P={p.max():.2f}  (true: {truth})  {text}", highlight=False)
     out_console.print(Text.assemble("\n", ("Explanation", "bold"), " of the first review (token contributions relative to an average review):"))
     render_terminal(explain_text(clf, examples[0][0], centered=True), out_console, top=5)
-    cls = res.classifier
+    # commands that work as printed in a fresh shell (no venv active, any folder)
+    cmd, cls = self_command(), shlex.quote(str(Path(res.classifier).absolute()))
     out_console.print(
-        f"\nTry: stcstore predict --classifier {cls} \"your review\"\n"
-        f"     stcstore explain --classifier {cls} \"your review\" --plot explain.png",
-        highlight=False,
+        f"\nTry: {cmd} predict --classifier {cls} \"your review\"\n"
+        f"     {cmd} explain --classifier {cls} \"your review\" --plot explain.png"
     )
     if n is not None and n == DEFAULT_ROWS:
-        err_console.print("run `stcstore demo --full` for all 12,808 reviews", highlight=False)
+        err_console.print(f"run `{cmd} demo --full` for all 12,808 reviews")
