@@ -131,3 +131,28 @@ def test_demo_try_lines_work_in_a_fresh_shell(tmp_path):
     out = _fresh_shell(tries[0].replace('"your review"', '"a gripping, beautifully acted film"'), Path("/"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in ("fresh", "rotten")
+
+
+# -- help -----------------------------------------------------------------------------------------
+def _commands() -> list[str]:
+    from stcstore.cli import app
+
+    return [c.name for c in app.registered_commands]
+
+
+@pytest.mark.parametrize("command", ["", *_commands()])
+def test_help_shows_flags_without_value_types(command):
+    r = cli(*([command] if command else []), "--help")
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout, r.stdout
+    usage = next(line for line in r.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    if not command:
+        line = next(line for line in r.stdout.splitlines() if "--verbose" in line)
+        assert "<int>" not in line, line
+
+
+def test_help_usage_names_arguments_in_capitals():
+    assert "Usage: stcstore explain [OPTIONS] TEXT" in cli("explain", "--help").stdout
+    assert "Usage: stcstore predict [OPTIONS] [TEXTS...]" in cli("predict", "--help").stdout
+    assert "Usage: stcstore [OPTIONS] COMMAND [ARGS]..." in cli("--help").stdout

@@ -5,10 +5,51 @@ from __future__ import annotations
 import logging
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 __all__ = ["app"]
 
-app = typer.Typer(
+
+class _PlainHelp:
+    """Help as users read it: on/off and counting flags without a value type, usage names in capitals.
+
+    typer's rich help prints a type for every option, flags included (`--json <bool>`, `-v <int>`),
+    and required arguments as `{text}` in usage lines.
+    """
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperOption) and (param.is_flag or param.count):
+                param.metavar = ""  # typer shows a set metavar instead of the type
+        super().format_help(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                name = name if param.required else f"[{name}]"
+                pieces = [name if piece in param.get_usage_pieces(ctx) else piece for piece in pieces]
+        return pieces
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """The app: every command gets the plain-help command class."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     name="stcstore",
     help="Sparsify-then-Classify on cached transformer activations: extract, probe, predict, explain.",
     no_args_is_help=True,
