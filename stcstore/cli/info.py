@@ -15,13 +15,32 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _classes(classes, shown: int = 6) -> str:
+    if not classes:
+        return "-"
+    more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+    return ", ".join(map(str, classes[:shown])) + more
+
+
+def _columns(per_split: dict[str, list[str]]) -> str:
+    """The stored columns: one list when every split has the same, else per split."""
+    kinds = {tuple(c) for c in per_split.values()}
+    if len(kinds) <= 1:
+        return ", ".join(next(iter(kinds), ())) or "none"
+    return "; ".join(f"{s}: {', '.join(c) or 'none'}" for s, c in per_split.items())
+
+
 @app.command("info")
 @handle_errors
 def info_cmd(
     store: str = typer.Option(..., "--store", help="Store directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Runs, fingerprints, splits, shapes, dtype, bytes on disk vs raw, completion, experiments."""
+    """Runs, fingerprints, splits, shapes, dtype, bytes, completion, stored columns, experiments and their scores."""
     from ..store.info import store_summary
     from ..store.root import check_store_path
 
@@ -48,4 +67,14 @@ def info_cmd(
             t.add_row(a["split"], a["site"], a["pool"], "x".join(map(str, a["shape"])), a["dtype"],
                       _mb(a["bytes_stored"]), _mb(a["bytes_raw"]))
         out_console.print(t)
-        out_console.print(f"  experiments: {', '.join(r['experiments']) or 'none'}", highlight=False)
+        out_console.print(f"  columns: {_columns(r['columns'])}")
+        if not r["experiment_reports"]:
+            out_console.print("  experiments: none")
+            continue
+        e = Table("experiment", "label", "classes", "STC val", "STC test", "STC uses", title_justify="left")
+        for x in r["experiment_reports"]:
+            stc = x["stc"] or {}
+            uses = (f"{stc.get('site')}/{stc.get('pool')}, first {stc.get('k')} layer(s), {stc.get('n_features')} neurons"
+                    if stc else "report unreadable")
+            e.add_row(x["name"], str(x["label"]), _classes(x["classes"]), _pct(x["val"]), _pct(x["test"]), uses)
+        out_console.print(e)

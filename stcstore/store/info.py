@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ __all__ = ["store_summary"]
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _experiment(path: Path) -> dict[str, Any]:
+    """What `info` shows of one probe experiment, from its report.json (None where unreadable)."""
+    try:
+        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        stc = report.get("stc") or {}
+        return {"name": path.name, "label": report.get("label"), "classes": report.get("classes"),
+                "val": stc.get("val"), "test": stc.get("test"),
+                "stc": {k: stc.get(k) for k in ("site", "pool", "k", "eta", "C", "n_features")}}
+    except (OSError, ValueError, AttributeError):
+        return {"name": path.name, "label": None, "classes": None, "val": None, "test": None, "stc": None}
 
 
 def store_summary(store: str | Path) -> dict[str, Any]:
@@ -50,5 +63,8 @@ def store_summary(store: str | Path) -> dict[str, Any]:
             "bytes_raw": sum(a["bytes_raw"] for a in arrays),
             "bytes_stored": sum(a["bytes_stored"] for a in arrays),
             "experiments": r.experiments(),
+            # what --label / --split-column can take, per split
+            "columns": {s: r.columns(s) for s in r.splits},
+            "experiment_reports": [_experiment(r.probes_dir() / e) for e in r.experiments()],
         })
     return out
