@@ -323,27 +323,13 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     return report, search, artifact
 
 
-class _Bar:
-    """One progress bar over layer probes and aggregation steps."""
-
-    def __init__(self, progress: Any, total: int) -> None:
-        self.progress, self.task = progress, progress.add_task("probe", total=total)
-
-    def set_description(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
-
-    def update(self, n: int) -> None:
-        self.progress.advance(self.task, n)
-
-
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[_Bar]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool, total: int) -> Iterator[Any]:
+    """One progress display over layer probes and aggregation steps (log lines when not a terminal)."""
+    from ..progress import progress_bar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True, disable=not enabled) as progress:
-        yield _Bar(progress, total)
+    with progress_bar(total, desc="probe", unit="step", enabled=enabled, leave=False) as bar:
+        yield bar
 
 
 def _layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: SplitPlan, row_maps: dict,
