@@ -111,11 +111,10 @@ def missing_chunks(reader: RunReader) -> list[Damage]:
 def damage_message(run: str, store: str | Path, damage: list[Damage]) -> str:
     """One line naming the first damaged array and window, how many there are, and the fix."""
     windows = len({(d.split, d.window) for d in damage})
-    more = f" (and {len(damage) - 1} more damaged chunk{'s' if len(damage) > 2 else ''} in {windows} window{'s' if windows > 1 else ''})" \
-        if len(damage) > 1 else ""
+    count = f"{len(damage)} chunks in {windows} window{'s' if windows > 1 else ''}, first " if len(damage) > 1 else ""
     return (
-        f"run {run!r} is damaged: {damage[0].describe()}{more}: run `stcstore verify --store {store} --run {run} --repair`, "
-        f"then the same `stcstore extract` command to re-extract those windows"
+        f"run {run!r} is damaged: {count}{damage[0].describe()}: run `stcstore verify --store {store} --run {run} "
+        f"--repair`, then the same `stcstore extract` command to re-extract those windows"
     )
 
 
