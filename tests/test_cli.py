@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,16 @@ def test_help_usage_names_arguments_in_capitals():
     assert "Usage: stcstore explain [OPTIONS] TEXT" in cli("explain", "--help").stdout
     assert "Usage: stcstore predict [OPTIONS] [TEXTS...]" in cli("predict", "--help").stdout
     assert "Usage: stcstore [OPTIONS] COMMAND [ARGS]..." in cli("--help").stdout
+
+
+# -- long commands report progress in logs too ----------------------------------------------------
+def test_probe_prints_progress_lines_when_stderr_is_not_a_terminal(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("STCSTORE_PROGRESS_INTERVAL", "0")      # a line per step instead of every 30 s
+    r = cli("probe", "--store", store, "--label", "label", "--name", "progress", "--no-plots",
+            "--c-grid", "0.1,1", "--eta-grid", "0.5,1", "--no-concat-baseline")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if re.match(r"(probe|aggregate)\b.*: \d+/\d+ step", line)]
+    assert len(lines) >= 3, r.stderr
+    assert "\r" not in r.stderr
+    done = [int(re.search(r": (\d+)/(\d+)", line).group(1)) for line in lines]
+    assert done == sorted(done)                                  # counts only go up
