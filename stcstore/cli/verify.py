@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
@@ -20,9 +19,8 @@ def verify_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Check that every committed window's chunks exist and decode (crc32c checksum where stored); exit 2 when not."""
-    from tqdm.auto import tqdm
-
     from ..errors import DamagedRunError
+    from ..progress import progress_bar
     from ..store.quiet import quiet_zarr
     from ..store.reader import RunReader
     from ..store.root import check_store_path, list_runs, open_root
@@ -34,8 +32,8 @@ def verify_cmd(
     readers = [RunReader(store, name) for name in runs]
     bad = []
     for reader in readers:
-        with tqdm(total=verify_units(reader), unit="window", desc=f"verify {reader.name}", file=sys.stderr,
-                  disable=no_progress, dynamic_ncols=True, leave=False) as bar:
+        with progress_bar(verify_units(reader), desc=f"verify {reader.name}", unit="array-window",
+                          enabled=not no_progress) as bar:
             res = verify_run(reader, progress=bar.update)
         if res.ok:
             incomplete = "" if res.windows_committed == res.windows_total else \
