@@ -306,3 +306,128 @@ def test_smollm2_gguf_few_rows(tmp_path):
     # the last hidden entry is after the final RMSNorm: its rows have RMS near the norm weight's scale
     last = r.read("train", "hidden", "last")[30].astype(np.float32)
     assert np.isfinite(last).all() and last.std() > 0
+
+
+# -- mixed precision: a bf16 / fp16 forward stores features at the float16 floor --------------------
+
+def _ref_mean_autocast(model_dir: Path, texts: list[str], max_length: int, dtype: torch.dtype) -> dict:
+    """{site: (layers, rows, width) float64}: mean-pooled activations of a plain transformers forward of
+    each row alone, weights in `dtype` and the forward under CPU autocast in `dtype` (as extract's
+    precision rule says), pooled here in float64. BERT layout (the tiny BERT and MiniLM)."""
+    import transformers as T
+
+    tok = T.AutoTokenizer.from_pretrained(model_dir)
+    model = T.AutoModel.from_pretrained(model_dir, dtype=dtype).eval()
+    out: dict[str, list] = {"hidden": [], "ffn": []}
+    for text in texts:
+        enc = tok(text, truncation=True, max_length=max_length, return_tensors="pt")
+        ffn: list = []
+        hooks = [b.output.dense.register_forward_pre_hook(lambda m, a: ffn.append(a[0][0].double().numpy()))
+                 for b in model.encoder.layer]
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+                hs = model(**enc, output_hidden_states=True).hidden_states
+        finally:
+            for h in hooks:
+                h.remove()
+        out["hidden"].append(np.stack([h[0].double().numpy().mean(0) for h in hs]))
+        out["ffn"].append(np.stack([a.mean(0) for a in ffn]))
+    return {k: np.stack(v, axis=1) for k, v in out.items()}
+
+
+def _median_rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """Median |got - want| / |want| over values away from zero (|want| > 1e-2)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    sel = np.abs(want) > 1e-2
+    return float(np.median(np.abs(got[sel] - want[sel]) / np.abs(want[sel])))
+
+
+def _extract_in_process(model: str, data: str, store: Path, dtype: str, limit: int, max_length: int | None = None):
+    from stcstore.config import ExtractConfig
+    from stcstore.extract import extract
+
+    return extract(ExtractConfig(model=model, data=data, store=str(store), device="cpu", dtype=dtype, limit=limit,
+                                 pools=("mean", "max"), max_length=max_length, batch_size=8, progress=False))
+
+
+def _texts(data: str, limit: int) -> list[str]:
+    from stcstore.data import load_source
+
+    return load_source(data, limit=limit).splits["train"].texts(0, limit)
+
+
+# float16 storage alone rounds by up to 2^-11 (4.9e-4), 2e-4 in the median; a bf16 pooling sum (the
+# old bmm under autocast) was 2e-3
+PRECISION_FLOOR = 4e-4
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_tiny_bert_reduced_precision_at_float16_floor(tiny_model, review_csv, tmp_path, dtype):
+    model_dir = tiny_model("bert")
+    res = _extract_in_process(str(model_dir), str(review_csv), tmp_path / "s.zarr", dtype, limit=40, max_length=64)
+    assert res.compute_dtype == dtype
+    r = open_run(tmp_path / "s.zarr")
+    assert r.meta["extract"]["compute_dtype"] == dtype and r.fingerprint["compute_dtype"] == dtype
+    want = _ref_mean_autocast(model_dir, _texts(str(review_csv), 40), 64, getattr(torch, dtype))
+    for site in ("hidden", "ffn"):
+        err = _median_rel_err(r.read("train", site, "mean"), want[site])
+        assert err < PRECISION_FLOOR, (site, err)
+
+
+def test_fp16_token_sum_beyond_65504_is_stored(tiny_model, review_csv, tmp_path):
+    """FFN activations near 3,000 on texts of up to 64 tokens: token sums pass 65,504 but means do not.
+    The float32 pooling sum stores them; it used to stop the run blaming the model."""
+    import transformers as T
+
+    big = tmp_path / "big"
+    model = T.AutoModel.from_pretrained(tiny_model("bert"))
+    with torch.no_grad():
+        model.encoder.layer[0].intermediate.dense.bias += 3000.0
+    model.save_pretrained(big)
+    T.AutoTokenizer.from_pretrained(tiny_model("bert")).save_pretrained(big)
+    texts = _texts(str(review_csv), 24)
+    _extract_in_process(str(big), str(review_csv), tmp_path / "s.zarr", "float16", limit=24, max_length=64)
+    r = open_run(tmp_path / "s.zarr")
+    assert r.is_complete()
+    n_tokens = r.n_tokens("train")
+    ffn0 = r.read("train", "ffn", "mean", layer=0).astype(np.float64)
+    assert np.isfinite(ffn0).all()
+    assert (np.abs(ffn0).max(1) * n_tokens > 65504).sum() >= 5      # these rows' sums overflow fp16
+    want = _ref_mean_autocast(big, texts, 64, torch.float16)
+    for site in ("hidden", "ffn"):
+        assert _median_rel_err(r.read("train", site, "mean"), want[site]) < PRECISION_FLOOR, site
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_minilm_reduced_precision_at_float16_floor(tmp_path, minilm_dir, dtype):
+    """MiniLM on 40 Rotten Tomatoes rows: every mean-pooled value against an independent autocast forward."""
+    _extract_in_process("minilm", "rotten_tomatoes", tmp_path / "s.zarr", dtype, limit=40)
+    r = open_run(tmp_path / "s.zarr")
+    want = _ref_mean_autocast(minilm_dir, _texts("rotten_tomatoes", 40), 512, getattr(torch, dtype))
+    for site in ("hidden", "ffn"):
+        err = _median_rel_err(r.read("train", site, "mean"), want[site])
+        assert err < PRECISION_FLOOR, (site, err)
+
+
+# -- the float16 range check: only what float16 would store as inf ----------------------------------
+
+def test_range_check_fires_only_on_values_float16_stores_as_inf():
+    from stcstore.errors import Float16OverflowError, StcstoreError
+    from stcstore.extract.writer_thread import check_range
+
+    # 65519 rounds to 65504 (finite); 65520 rounds to inf: the threshold is float16's own
+    assert torch.isfinite(torch.tensor(65519.0).half()) and torch.isinf(torch.tensor(65520.0).half())
+    ok = {("ffn", "mean"): torch.tensor([1.0, 65519.0])}
+    check_range(ok, "float16", torch.float16, "train", 0)
+    over = {("ffn", "mean"): torch.tensor([1.0, 65520.0])}
+    with pytest.raises(Float16OverflowError) as e:
+        check_range(over, "float16", torch.float16, "train", 0)
+    assert "layer 1" in str(e.value) and "--dtype float32" in str(e.value) and "model" not in str(e.value)
+    check_range(over, "float32", torch.float32, "train", 0)       # a float32 store holds it
+    inf = {("hidden", "max"): torch.tensor([float("inf"), 1.0])}
+    with pytest.raises(StcstoreError, match=r"forward in bfloat16 overflowed.*--dtype float32"):
+        check_range(inf, "float16", torch.bfloat16, "train", 0)
+    with pytest.raises(StcstoreError, match="weights") as e:
+        check_range(inf, "float32", torch.float32, "train", 0)
+    assert "--dtype float32" not in str(e.value)                  # it already was float32
