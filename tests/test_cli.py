@@ -170,3 +170,16 @@ def test_probe_prints_progress_lines_when_stderr_is_not_a_terminal(store, tmp_pa
     assert "\r" not in r.stderr
     done = [int(re.search(r": (\d+)/(\d+)", line).group(1)) for line in lines]
     assert done == sorted(done)                                  # counts only go up
+
+
+def test_extract_summary_rate_is_the_progress_rate(tmp_path, tiny_model, review_csv, monkeypatch):
+    monkeypatch.setenv("STCSTORE_PROGRESS_INTERVAL", "1000")     # only the final progress line
+    r = cli("extract", "--model", tiny_model("bert"), "--data", review_csv, "--store", tmp_path / "s.zarr")
+    assert r.returncode == 0, r.stderr
+    bar = next(line for line in r.stderr.splitlines() if line.startswith("extract ") and "(done)" in line)
+    summary = next(line for line in r.stderr.splitlines() if line.startswith("run "))
+    bar_rate = float(re.search(r"([\d,.]+) row/s", bar).group(1).replace(",", ""))
+    summary_rate = float(re.search(r"([\d,.]+) rows/s", summary).group(1).replace(",", ""))
+    assert "150/150 row" in bar
+    # the same rows over the same clock (model loading is in neither); rounding to 0.1 aside
+    assert abs(summary_rate - bar_rate) <= 0.02 * bar_rate + 0.1, (bar, summary)

@@ -82,7 +82,7 @@ def extract_distributed(config: ExtractConfig, env: DistEnv) -> ExtractResult:
                 lock.release()
     total = {k: sum(st[k] for st in reports) for k in ("rows", "tokens", "truncated")}
     total["resumed"] = resumed
-    return _result(prep, total, time.perf_counter() - t0, env.rank, env.world_size)
+    return _result(prep, total, time.perf_counter() - t0, env.rank, env.world_size, work_seconds=progress.seconds)
 
 
 def _attach(prep: _Prepared) -> RunWriter:

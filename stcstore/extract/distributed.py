@@ -319,8 +319,10 @@ class RunProgress:
 
     def __init__(self, layout, run_dir: Path, run_name: str, todo: Sequence[Window], mine: Iterable[Window],
                  enabled: bool, poll_s: float = 1.0):
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
+        self.start_t = time.monotonic()
+        self._stop_t: Optional[float] = None
         self.layout = layout
         self.run_dir = Path(run_dir)
         total = sum(layout.splits.values())
@@ -329,8 +331,9 @@ class RunProgress:
         self._others = {w for w in todo if w not in mine_set}
         self.poll_s = poll_s
         self._last = 0.0
-        self.bar = tqdm(total=total, initial=total - remaining, unit="row", disable=not enabled or not todo,
-                        file=sys.stderr, desc=f"extract {run_name}", dynamic_ncols=True)
+        # smoothing=0: the bar shows the average rate since its start, the definition the summary uses
+        self.bar = progress_bar(total, initial=total - remaining, unit="row", enabled=enabled and bool(todo),
+                                desc=f"extract {run_name}", smoothing=0)
 
     def _rows(self, w: Window) -> int:
         start, stop = self.layout.window_bounds(*w)
@@ -360,6 +363,13 @@ class RunProgress:
     def set_postfix_str(self, text: str) -> None:
         self.bar.set_postfix_str(text, refresh=False)
 
+    @property
+    def seconds(self) -> float:
+        """Seconds from the start of the rows' work to close (or now): what rows/s divides by."""
+        return (self._stop_t if self._stop_t is not None else time.monotonic()) - self.start_t
+
     def close(self) -> None:
         self.poll(force=True)
         self.bar.close()
+        if self._stop_t is None:
+            self._stop_t = time.monotonic()

@@ -50,13 +50,21 @@ class ExtractResult:
     rank: int = 0               # under torchrun: this process's rank; counts above are the job's
     world_size: int = 1
 
+    # seconds of the rows' work (model and writes, from the progress bar's start to the last
+    # commit): rows/s and tokens/s divide by this, as the bar does; `seconds` also counts loading
+    work_seconds: float = 0.0
+
     @property
     def rows_per_s(self) -> float:
-        return self.rows_done_now / self.seconds if self.seconds else 0.0
+        """Rows run now per second of work (the progress bar's average rate)."""
+        s = self.work_seconds or self.seconds
+        return self.rows_done_now / s if s else 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
+        """Tokens run now per second of work."""
+        s = self.work_seconds or self.seconds
+        return self.tokens / s if s else 0.0
 
 
 def _slug(spec: str) -> str:
@@ -140,7 +148,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
         finally:
             progress.close()
     stats["resumed"] = resumed
-    return _result(prep, stats, time.perf_counter() - t0)
+    return _result(prep, stats, time.perf_counter() - t0, work_seconds=progress.seconds)
 
 
 def _prepare(config: ExtractConfig, env: Optional[DistEnv], check_store: bool = True) -> _Prepared:
@@ -239,16 +247,18 @@ def _todo(writer: RunWriter) -> tuple[list[tuple[str, int]], int]:
     return todo, resumed
 
 
-def _result(prep: _Prepared, stats: dict[str, Any], seconds: float, rank: int = 0, world_size: int = 1) -> ExtractResult:
+def _result(prep: _Prepared, stats: dict[str, Any], seconds: float, rank: int = 0, world_size: int = 1,
+            work_seconds: float = 0.0) -> ExtractResult:
     log.info(
-        "run %s: %d rows in %.1f s (%.1f rows/s), %d truncated to %d tokens",
-        prep.run, stats["rows"], seconds, stats["rows"] / max(seconds, 1e-9), stats["truncated"], prep.max_length,
+        "run %s: %d rows in %.1f s (%.1f s with loading; %.1f rows/s), %d truncated to %d tokens",
+        prep.run, stats["rows"], work_seconds, seconds, stats["rows"] / max(work_seconds or seconds, 1e-9),
+        stats["truncated"], prep.max_length,
     )
     return ExtractResult(
         store=prep.store_path, run=prep.run, rows_total=sum(len(s) for s in prep.source.splits.values()),
         rows_done_now=stats["rows"], windows_resumed=stats["resumed"], tokens=stats["tokens"],
         truncated=stats["truncated"], seconds=seconds, device=str(prep.device),
-        compute_dtype=dtype_name(prep.compute_dtype), rank=rank, world_size=world_size,
+        compute_dtype=dtype_name(prep.compute_dtype), rank=rank, world_size=world_size, work_seconds=work_seconds,
     )
 
 
@@ -276,7 +286,6 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
     stager = HostStager(lay.dtype, device, slab)
     thread = WindowWriter(writer, stager)
     thread.start()
-    t_start = time.perf_counter()
     try:
         with ActivationCapture(loaded, lay.sites, lay.pools) as cap, autocast(device, prep.compute_dtype):
             for split, window in windows:
@@ -299,8 +308,7 @@ def _run_windows(config: ExtractConfig, prep: _Prepared, writer: RunWriter, wind
                 stats["tokens"] += tokens
                 stats["truncated"] += tw.truncated
                 stats["windows"].append((split, window))
-                elapsed = time.perf_counter() - t_start
-                progress.set_postfix_str(f"{stats['tokens'] / elapsed:,.0f} tok/s")
+                progress.set_postfix_str(f"{stats['tokens'] / max(progress.seconds, 1e-9):,.0f} tok/s")
     finally:
         thread.close()
     thread.check()
