@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -80,11 +79,11 @@ def iter_pooled(loaded: LoadedModel, texts: Sequence[str], layers: Mapping[str, 
                 max_length: int, batch_size: int, device: torch.device, dtype: torch.dtype, progress: bool,
                 desc: str) -> Iterator[tuple[int, int, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]]:
     """Yield (window start, stop, {(site, pool): (row positions in window, (n_layers, B, width) array)}) per batch."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     n = len(texts)
     pad_id = loaded.tokenizer.pad_token_id
-    bar = tqdm(total=n, unit="row", disable=not progress or n == 0, file=sys.stderr, desc=desc, dynamic_ncols=True)
+    bar = progress_bar(n, unit="row", enabled=progress and n > 0, desc=desc)
     try:
         with ActivationCapture(loaded, tuple(layers), pools, layers=layers) as cap, autocast(device, dtype):
             for start in range(0, n, WINDOW):
