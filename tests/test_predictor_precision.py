@@ -112,3 +112,20 @@ def test_predict_uses_the_extract_precision_and_warns_on_another(bf16_run):
     f32, err = _cli_decisions(clf, texts, "--dtype", "float32")
     assert "float32" in err and "bfloat16" in err                        # the warning names both
     assert np.any(np.abs(f32 - want) > tol)                               # the precision shows
+
+
+def test_explain_uses_the_same_precision_as_predict(bf16_run):
+    """explain keeps per-token activations through the same hooks, in the same dtype: its logit is predict's."""
+    _, clf, texts = bf16_run
+    text = pd.read_csv(texts)["text"][3]
+    r = cli("predict", text, "--classifier", clf, "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    dec = json.loads(r.stdout)["predictions"][0]["decision"]
+    e = cli("explain", text, "--classifier", clf, "--device", "cpu", "--json")
+    assert e.returncode == 0, e.stderr
+    doc = json.loads(e.stdout)
+    assert doc["logit"] == pytest.approx(dec, rel=1e-5, abs=1e-5)
+    assert doc["intercept"] + sum(t["contribution"] for t in doc["tokens"]) == pytest.approx(doc["logit"], abs=1e-9)
+    e32 = cli("explain", text, "--classifier", clf, "--device", "cpu", "--json", "--dtype", "float32")
+    assert e32.returncode == 0 and "bfloat16" in e32.stderr
+    assert json.loads(e32.stdout)["logit"] != pytest.approx(dec, rel=1e-5, abs=1e-5)
