@@ -286,3 +286,55 @@ def test_device_map_value_checked():
     with pytest.raises(ConfigError, match="--device-map"):
         ExtractConfig(model="m", data="d", store="s", device_map="everywhere").validate()
     assert ExtractConfig(model="m", data="d", store="s", device_map="auto").validate().device_map == "auto"
+
+
+# -- one collective backend, LOCAL_RANK checked ---------------------------------------------------------
+
+def test_one_gloo_group_carries_every_collective(monkeypatch):
+    """The job's only process group is gloo (no NCCL group that nothing uses), also with CUDA present."""
+    import torch.distributed as dist
+
+    from stcstore.extract.distributed import DistContext, DistEnv
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    with DistContext(DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1), timeout_s=60) as ctx:
+        assert dist.get_backend() == "gloo" and ctx.group is dist.group.WORLD
+        assert ctx.all_gather({"rows": 3}) == [{"rows": 3}]
+        ctx.barrier()
+    assert not dist.is_initialized()
+
+
+def test_local_rank_beyond_visible_gpus_is_one_line_user_error():
+    """LOCAL_RANK = number of visible GPUs (0 here, n on a GPU node) is one past the last: a user error,
+    exit 2 through the rank status, one line naming the fix; no CUDA call fails first."""
+    import torch
+
+    from stcstore.errors import UserError
+    from stcstore.extract.distributed import DistEnv, Status, rank_device
+
+    n = torch.cuda.device_count()
+    env = DistEnv(rank=n, world_size=n + 1, local_rank=n, local_world_size=n + 1)
+    with pytest.raises(UserError) as e:
+        rank_device(env, torch.device("cuda"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"LOCAL_RANK {n}" in msg and f"--nproc-per-node {n}" in msg
+    assert Status.failed(env.rank, e.value).exit_code == 2
+    assert rank_device(env, torch.device("cpu")) == torch.device("cpu")   # --device cpu: any number of ranks
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_more_ranks_than_gpus_exit_2_one_line(tiny_store, tmp_path):
+    """torchrun with one rank more than the node's GPUs: exit 2, one error line naming LOCAL_RANK."""
+    import torch
+
+    _, args = tiny_store
+    store = str(tmp_path / "g.zarr")
+    cuda_args = [store if a.endswith("s.zarr") else a for a in args] + ["--device", "cuda"]
+    res = _run_torchrun(torch.cuda.device_count() + 1, *cuda_args, timeout=300)
+    lines = _error_lines(res.stderr)
+    assert res.returncode != 0 and len(lines) == 1 and "LOCAL_RANK" in lines[0], res.stderr
+    assert "exitcode  : 2" in res.stderr, res.stderr
