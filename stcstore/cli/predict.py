@@ -23,7 +23,8 @@ def predict_cmd(
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify ('-' reads one text per line from stdin)."),
     classifier: str = typer.Option(..., "--classifier", help="The classifier/ folder written by `stcstore probe`."),
     data: Optional[str] = typer.Option(None, "--data", help="csv / jsonl / parquet file (or dataset alias / hub id): predict every row of every split."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text (with --data)."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="Column holding the text (with --data) (default: the one the classifier's run was extracted from)."),
     split: Optional[List[str]] = typer.Option(None, "--split", help="Only these splits of --data (repeatable) (default: all)."),
     out: Optional[str] = typer.Option(None, "--out", help="Write predictions to a .csv / .tsv / .jsonl / .json / .parquet file instead of stdout."),
     proba: bool = typer.Option(False, "--proba", help="Also give class probabilities (stdout: label, then one tab-separated column per class)."),
@@ -59,6 +60,11 @@ def predict_cmd(
     if out:
         check_out_path(out)
     # the inputs are checked before the model loads: a wrong column fails in a second
+    if data and text_column is None:
+        from ..classifier.artifact import ClassifierArtifact
+
+        # the column the classifier's activations were extracted from (recorded in its config)
+        text_column = ClassifierArtifact.load(classifier).extract.get("text_column") or "text"
     source = load_inputs(data, text_column=text_column, splits=split) if data else None
     clf = STCClassifier.load(classifier, device=device, model=model, batch_size=batch_size, dtype=dtype,
                              progress=bool(data) and not no_progress)
