@@ -85,10 +85,10 @@ def test_features_round_to_the_stored_float16(probed, review_csv):
     (to one float16 step: batches are padded differently, so float32 sums may differ in the last bit)."""
     import pandas as pd
 
-    from stcstore.classifier.predictor import STCClassifier
+    from stcstore.classifier.predictor import Predictor
 
     store, clf_dir = probed
-    clf = STCClassifier.load(clf_dir, device="cpu", batch_size=5)
+    clf = Predictor.load(clf_dir, device="cpu", batch_size=5)
     X = clf.transform(pd.read_csv(review_csv)["text"].tolist())
     S = _stored_features(store, clf.artifact_)
     step = np.abs(np.spacing(S.astype(np.float16))).astype(np.float64)
@@ -245,3 +245,23 @@ def test_demo_config_and_examples():
     split = load_source("rotten_tomatoes").splits["train"]
     first = set(split.texts(0, DEFAULT_ROWS))
     assert all(text not in first for text, _ in ex)
+
+
+def test_predict_data_reads_the_recorded_text_column(tmp_path, tiny_model, review_csv):
+    # a classifier whose run was extracted from the column "review": predict --data reads it by default
+    model = tiny_model("bert")
+    art = hand_artifact(model, "mean", [("hidden", 1, 3), ("ffn", 0, 5)])
+    art.extract["text_column"] = "review"
+    clf_dir = art.save(tmp_path / "classifier")
+    data = tmp_path / "reviews.csv"
+    lines = review_csv.read_text().splitlines()
+    data.write_text("\n".join(["review,label,score", *lines[1:21]]) + "\n")   # 20 rows, text under "review"
+    r = cli("predict", "--classifier", clf_dir, "--data", data, "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    explicit = cli("predict", "--classifier", clf_dir, "--data", data, "--text-column", "review", "--device", "cpu",
+                   "--no-progress")
+    assert explicit.returncode == 0, explicit.stderr
+    assert r.stdout == explicit.stdout and len(r.stdout.splitlines()) == 20
+    # the same texts as arguments give the same labels
+    texts = [line.rsplit(",", 2)[0].strip('"') for line in lines[1:21]]
+    assert cli("predict", "--classifier", clf_dir, *texts, "--device", "cpu").stdout == r.stdout
