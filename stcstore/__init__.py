@@ -47,7 +47,7 @@ def __getattr__(name: str):
 
         return open_run
     if name == "STCClassifier":
-        from .classifier.predictor import STCClassifier
+        from .classifier.estimator import STCClassifier
 
         return STCClassifier
     raise AttributeError(name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _stc_helpers import cli, hand_artifact, reference_contributions, reference_tokens
-from stcstore.classifier.predictor import STCClassifier
+from stcstore.classifier.predictor import Predictor
 from stcstore.explain import explain_text
 
 TEXTS = ["good movie but a boring plot", "awful", "a brilliant, fun story with great music and a long dull scene"]
@@ -32,7 +32,7 @@ def classifiers(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("pool", ["mean", "max", "first", "last"])
 def test_contributions_sum_to_the_predictor_logit(classifiers, tiny_model, pool, centered):
     art, folder = classifiers[(pool, 2)]
-    clf = STCClassifier.load(folder, device="cpu")
+    clf = Predictor.load(folder, device="cpu")
     for text in TEXTS:
         expl = explain_text(clf, text, centered=centered)
         # exact by construction ...
@@ -57,7 +57,7 @@ def test_contributions_sum_to_the_predictor_logit(classifiers, tiny_model, pool,
 @pytest.mark.parametrize("pool", ["mean", "max", "first", "last"])
 def test_multiclass_sums_per_class(classifiers, pool):
     _, folder = classifiers[(pool, 3)]
-    clf = STCClassifier.load(folder, device="cpu")
+    clf = Predictor.load(folder, device="cpu")
     for text in TEXTS:
         expl = explain_text(clf, text)
         np.testing.assert_allclose(expl.intercept + expl.contributions.sum(0), expl.logit, atol=1e-9)
@@ -73,7 +73,7 @@ def test_multiclass_sums_per_class(classifiers, pool):
 def test_explain_gpt2_final_norm(tiny_model, tmp_path):
     """A decoder whose last hidden entry is the final norm's output (the hook on ln_f)."""
     art = hand_artifact(tiny_model("gpt2"), "last", [("hidden", 2, 1), ("ffn", 1, 7), ("hidden", 1, 4)])
-    clf = STCClassifier.load(art.save(tmp_path / "clf"), device="cpu")
+    clf = Predictor.load(art.save(tmp_path / "clf"), device="cpu")
     expl = explain_text(clf, TEXTS[0])
     _, acts = reference_tokens(tiny_model("gpt2"), TEXTS[0], 64)
     np.testing.assert_allclose(expl.contributions, reference_contributions(art, acts)[0], atol=1e-4)

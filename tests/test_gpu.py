@@ -198,12 +198,12 @@ def test_cuml_matches_sklearn():
 
 def test_predict_early_exit_on_cuda_equals_cpu(tmp_path, minilm_dir):
     """fp16 early-exit predict on CUDA gives the CPU's float32 decisions within fp16 tolerance."""
-    from stcstore.classifier.predictor import STCClassifier
+    from stcstore.classifier.predictor import Predictor
 
     art = hand_artifact(minilm_dir, "mean", [("hidden", 1, 5), ("ffn", 2, 17), ("hidden", 3, 100)], max_length=64)
     folder = art.save(tmp_path / "clf")
-    cpu = STCClassifier.load(folder, device="cpu", dtype="float32")
-    gpu = STCClassifier.load(folder, device="cuda", dtype="float16")
+    cpu = Predictor.load(folder, device="cpu", dtype="float32")
+    gpu = Predictor.load(folder, device="cuda", dtype="float16")
     assert gpu.blocks_run_ == 3 < gpu.n_layers_          # blocks 3..5 never run
     d_cpu, d_gpu = cpu.decision_function(TEXTS), gpu.decision_function(TEXTS)
     np.testing.assert_allclose(d_gpu, d_cpu, atol=2e-2 * (1 + np.abs(d_cpu).max()))

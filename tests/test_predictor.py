@@ -1,4 +1,4 @@
-"""STCClassifier: same decisions as sklearn on the stored activations, early exit, model checks, API."""
+"""Predictor: same decisions as sklearn on the stored activations, early exit, model checks, API."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from _stc_helpers import POOL_FNS, hand_artifact, model_info, reference_decision, reference_tokens
 from stcstore.classifier import ClassifierArtifact
-from stcstore.classifier.predictor import STCClassifier, pooled_features
+from stcstore.classifier.predictor import Predictor, pooled_features
 from stcstore.errors import ClassifierError
 
 TEXTS = [
@@ -67,7 +67,7 @@ def test_matches_sklearn_on_stored_activations(store, tmp_path, review_csv, pool
         feature_layer=np.concatenate([np.full(len(i), l) for _, l, i in feats]),
         feature_index=np.concatenate([i for _, _, i in feats]), model=r.meta["model"], extract=r.meta["extract"],
     )
-    clf = STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu", batch_size=8)
+    clf = Predictor.load(_save(art, tmp_path / "clf"), device="cpu", batch_size=8)
     texts = pd.read_csv(review_csv)["text"].tolist()
     dec = clf.decision_function(texts)
     ref = lr.decision_function((X - mu) / sd)
@@ -79,7 +79,7 @@ def test_matches_sklearn_on_stored_activations(store, tmp_path, review_csv, pool
     assert clf.blocks_run_ == 2 and clf.layers_ == {"hidden": [1, 2], "ffn": [0]}
 
 
-def _count_block_calls(clf: STCClassifier) -> tuple[list[int], list]:
+def _count_block_calls(clf: Predictor) -> tuple[list[int], list]:
     from stcstore.models import get_module
 
     blocks = get_module(clf.loaded_.model, clf.loaded_.arch.blocks)
@@ -101,7 +101,7 @@ def _count_block_calls(clf: STCClassifier) -> tuple[list[int], list]:
 def test_early_exit_skips_blocks_and_matches_full_forward(tiny_model, tmp_path, features, blocks, family):
     model_dir = tiny_model(family)
     art = hand_artifact(model_dir, "mean", features)
-    clf = STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu", batch_size=2)
+    clf = Predictor.load(_save(art, tmp_path / "clf"), device="cpu", batch_size=2)
     assert clf.blocks_run_ == blocks
     calls, hooks = _count_block_calls(clf)
     try:
@@ -134,7 +134,7 @@ def test_pooled_features_match_reference_with_padding_and_truncation(tiny_model)
 
 def test_sklearn_conventions_binary(tiny_model, tmp_path):
     art = hand_artifact(tiny_model("bert"), "max", [("hidden", 1, i) for i in range(10)])
-    clf = STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu")
+    clf = Predictor.load(_save(art, tmp_path / "clf"), device="cpu")
     assert clf.classes_.tolist() == ["neg", "pos"]
     labels = clf.predict(TEXTS)
     assert isinstance(labels, np.ndarray) and labels.shape == (len(TEXTS),)
@@ -155,7 +155,7 @@ def test_sklearn_conventions_binary(tiny_model, tmp_path):
 
 def test_sklearn_conventions_multiclass(tiny_model, tmp_path):
     art = hand_artifact(tiny_model("bert"), "mean", [("ffn", 0, i) for i in range(12)], n_classes=3)
-    clf = STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu")
+    clf = Predictor.load(_save(art, tmp_path / "clf"), device="cpu")
     dec = clf.decision_function(TEXTS)
     proba = clf.predict_proba(TEXTS)
     assert dec.shape == (len(TEXTS), 3) and proba.shape == (len(TEXTS), 3)
@@ -166,7 +166,7 @@ def test_sklearn_conventions_multiclass(tiny_model, tmp_path):
 
 def test_intercept_only_classifier_runs_no_forward(tiny_model, tmp_path):
     art = hand_artifact(tiny_model("bert"), "mean", [])
-    clf = STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu")
+    clf = Predictor.load(_save(art, tmp_path / "clf"), device="cpu")
     assert clf.blocks_run_ == 0
     dec = clf.decision_function(TEXTS)
     np.testing.assert_allclose(dec, np.full(len(TEXTS), art.intercept[0]))
@@ -180,7 +180,7 @@ def test_classifier_of_another_model_is_refused(tiny_model, tmp_path):
     shutil.copytree(src, moved)
     art = hand_artifact(moved, "mean", [("hidden", 1, 0)])
     folder = _save(art, tmp_path / "clf")
-    STCClassifier.load(folder, device="cpu")            # the right weights load
+    Predictor.load(folder, device="cpu")            # the right weights load
     want = art.model["weight_hash"]
     # the folder now holds different weights (same architecture and tokenizer)
     torch.manual_seed(1)
@@ -188,12 +188,12 @@ def test_classifier_of_another_model_is_refused(tiny_model, tmp_path):
     got = model_info(moved)["weight_hash"]
     assert got != want
     with pytest.raises(ClassifierError) as exc:
-        STCClassifier.load(folder, device="cpu")
+        Predictor.load(folder, device="cpu")
     assert want in str(exc.value) and got in str(exc.value)
     # an explicit --model with other weights is refused too; with the same weights it is taken
     with pytest.raises(ClassifierError):
-        STCClassifier.load(folder, device="cpu", model=str(tiny_model("roberta")))
-    clf = STCClassifier.load(_save(hand_artifact(src, "mean", [("hidden", 1, 0)]), tmp_path / "clf2"),
+        Predictor.load(folder, device="cpu", model=str(tiny_model("roberta")))
+    clf = Predictor.load(_save(hand_artifact(src, "mean", [("hidden", 1, 0)]), tmp_path / "clf2"),
                              device="cpu", model=str(shutil.copytree(src, tmp_path / "copy")))
     assert clf.model_info_["weight_hash"] == model_info(src)["weight_hash"]
 
@@ -204,25 +204,31 @@ def test_model_found_by_recorded_path_when_spec_is_gone(tiny_model, tmp_path, mo
     art = hand_artifact(tiny_model("bert"), "mean", [("hidden", 1, 0)], info=info)
     folder = _save(art, tmp_path / "clf")
     monkeypatch.chdir(tmp_path)
-    clf = STCClassifier.load(folder, device="cpu")
+    clf = Predictor.load(folder, device="cpu")
     assert clf.loaded_.source.path == info["path"]
     info["path"] = str(tmp_path / "nowhere")
     art2 = hand_artifact(tiny_model("bert"), "mean", [("hidden", 1, 0)], info=info)
     with pytest.raises(ClassifierError, match="--model"):
-        STCClassifier.load(_save(art2, tmp_path / "clf2"), device="cpu")
+        Predictor.load(_save(art2, tmp_path / "clf2"), device="cpu")
 
 
 def test_classifier_reading_beyond_the_model_is_refused(tiny_model, tmp_path):
     art = hand_artifact(tiny_model("bert"), "mean", [("ffn", 0, 64)])   # d_ff is 64: neuron 64 does not exist
     with pytest.raises(ClassifierError, match="width"):
-        STCClassifier.load(_save(art, tmp_path / "clf"), device="cpu")
+        Predictor.load(_save(art, tmp_path / "clf"), device="cpu")
 
 
-def test_public_import_paths_are_the_predictor_class():
+def test_public_import_paths_name_the_estimator_and_the_predictor():
+    import sklearn.base
+
     import stcstore
     import stcstore.classifier as pkg
+    from stcstore.classifier.estimator import STCClassifier
 
+    # STCClassifier is the scikit-learn estimator everywhere; the artifact-backed class is Predictor
     assert pkg.STCClassifier is STCClassifier and stcstore.STCClassifier is STCClassifier
+    assert sklearn.base.is_classifier(STCClassifier())
+    assert pkg.Predictor is Predictor and not issubclass(Predictor, sklearn.base.BaseEstimator)
     assert pkg.pooled_features is pooled_features
     with pytest.raises(AttributeError):
         pkg.NoSuchThing  # noqa: B018

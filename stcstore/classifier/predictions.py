@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .features import as_texts
 
 if TYPE_CHECKING:
-    from .predictor import STCClassifier
+    from .predictor import Predictor
 
 __all__ = ["Predictions", "OUT_FORMATS", "check_out_path", "write_predictions", "predict_texts", "load_inputs",
            "predict_data"]
@@ -132,7 +132,7 @@ def _plain(values: np.ndarray) -> list[Any]:
     return np.asarray(values).tolist()
 
 
-def predict_texts(clf: "STCClassifier", texts: Sequence[str] | str) -> Predictions:
+def predict_texts(clf: "Predictor", texts: Sequence[str] | str) -> Predictions:
     """Predict texts given directly (kept in the result)."""
     t0 = time.perf_counter()
     texts = list(as_texts(texts))
@@ -148,7 +148,7 @@ def load_inputs(data: str, text_column: str = "text", splits: Optional[Sequence[
     return load_source(data, text_column=text_column, columns=(), splits=splits)
 
 
-def predict_data(clf: "STCClassifier", data: Any, text_column: str = "text",
+def predict_data(clf: "Predictor", data: Any, text_column: str = "text",
                  splits: Optional[Sequence[str]] = None) -> Predictions:
     """Predict every row of every split (in order) of a csv / jsonl / parquet file, folder, alias or hub id
     (or of a `Source` from `load_inputs`)."""

@@ -1,6 +1,6 @@
 """Applying a saved STC classifier to raw texts, with scikit-learn conventions and early exit.
 
-`STCClassifier.load(dir)` loads the model the classifier records (refusing one whose weights
+`Predictor.load(dir)` loads the model the classifier records (refusing one whose weights
 differ), and `predict` / `predict_proba` / `decision_function` / `transform` run the forward
 only as far as the last layer entry the classifier reads: the remaining blocks never run.
 Texts are tokenised exactly as `extract` did (the run's max_length, right truncation, right
@@ -9,6 +9,8 @@ whatever this device would choose for `auto`), unless another one is asked for (
 
 `pooled_features` (in `.features`) is the reusable part: pooled activations of chosen layers for
 any texts, through the same hooks and batching as `extract`. Writing results is `.predictions`.
+The scikit-learn estimator that fits one from texts (`STCClassifier`) lives in `.estimator` and
+predicts through this class.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .features import WINDOW, as_texts, check_strings, iter_pooled, pooled_featu
 from .predictions import Predictions, check_out_path, load_inputs, predict_data, predict_texts, write_predictions
 
 __all__ = [
-    "STCClassifier",
+    "Predictor",
     "Predictions",
     "pooled_features",
     "predict_texts",
@@ -147,7 +149,7 @@ def resolve_predict_dtype(art: ClassifierArtifact, requested: Optional[str], dev
 
 
 # -- the classifier -------------------------------------------------------------------------
-class STCClassifier:
+class Predictor:
     """A saved STC classifier bound to its model, applied to raw texts (scikit-learn conventions).
 
     Attributes (fitted-estimator style):
@@ -210,27 +212,44 @@ class STCClassifier:
         dtype: Optional[str] = None,
         trust_remote_code: bool = False,
         progress: bool = False,
-    ) -> "STCClassifier":
-        """Load a classifier folder and its model.
+    ) -> "Predictor":
+        """Load a classifier folder and its model (see `from_artifact`)."""
+        return cls.from_artifact(ClassifierArtifact.load(path), device, where=str(path), model=model,
+                                 batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code,
+                                 progress=progress)
+
+    @classmethod
+    def from_artifact(
+        cls,
+        art: ClassifierArtifact,
+        device: str = "auto",
+        *,
+        where: str = "<in memory>",
+        model: Optional[str] = None,
+        batch_size: int = 32,
+        dtype: Optional[str] = None,
+        trust_remote_code: bool = False,
+        progress: bool = False,
+    ) -> "Predictor":
+        """Bind a classifier artifact to its model (`where` names it in errors).
 
         The model comes from `model` if given, else the classifier's recorded spec, else its
         recorded path; its weight hash must equal the classifier's (ClassifierError otherwise).
         `dtype` (auto, float32, bfloat16, float16) overrides the compute dtype; default: the one the
         run's forward used at extract time (`resolve_predict_dtype`).
         """
-        art = ClassifierArtifact.load(path)
         info = art.model or {}
         if not info:
-            raise ClassifierError(f"classifier {str(path)!r} does not record its model: re-run `stcstore probe`")
+            raise ClassifierError(f"classifier {where!r} does not record its model: re-run `stcstore probe`")
         dev = resolve_device(device)
         compute_dtype = resolve_predict_dtype(art, dtype, dev)
-        source = _pick_source(model_source_for(info, model), info, str(path))
+        source = _pick_source(model_source_for(info, model), info, where)
         revision = info.get("revision") if source.kind == "hub" else None
         loaded = load_model(source, device=dev, weights_dtype=compute_dtype, trust_remote_code=trust_remote_code,
                             revision=revision)
         got = loaded.info.get("weight_hash")
         if info.get("weight_hash") and got != info["weight_hash"]:
-            raise ClassifierError(_hash_message(str(path), info, source.spec, str(got)))
+            raise ClassifierError(_hash_message(where, info, source.spec, str(got)))
         if info.get("tokenizer_hash") and loaded.info.get("tokenizer_hash") != info["tokenizer_hash"]:
             log.warning("the tokenizer of %s differs from the one the classifier was trained with", source.spec)
         max_length = (art.extract or {}).get("max_length") or min(int(loaded.info["max_positions"]), 512)
@@ -339,6 +358,6 @@ class STCClassifier:
         return self.labels_from_decision(self.decision_raw(texts))
 
     def __repr__(self) -> str:
-        return (f"STCClassifier(model={self.model_info_.get('spec')!r}, site={self.site_!r}, pool={self.pool_!r}, "
+        return (f"Predictor(model={self.model_info_.get('spec')!r}, site={self.site_!r}, pool={self.pool_!r}, "
                 f"classes={self.classes_.tolist()!r}, n_features={self.n_features_}, "
                 f"blocks_run={self.blocks_run_}/{self.n_layers_})")

@@ -26,7 +26,7 @@ def demo_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Extract MiniLM activations of Rotten Tomatoes reviews, probe them, then predict and explain two reviews."""
-    from ..classifier.predictor import STCClassifier
+    from ..classifier.predictor import Predictor
     from ..demo import DEFAULT_ROWS, DemoConfig, demo_examples, run_demo
     from ..explain import explain_text, render_terminal
     from ..probe.report import render_table
@@ -52,7 +52,7 @@ def demo_cmd(
         highlight=False,
     )
 
-    clf = STCClassifier.load(res.classifier, device=device)
+    clf = Predictor.load(res.classifier, device=device)
     examples = demo_examples(n)
     preds = clf.predict([text for text, _ in examples])
     proba = clf.predict_proba([text for text, _ in examples])

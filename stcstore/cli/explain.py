@@ -27,14 +27,14 @@ def explain_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Where the classifier's model is now, if it moved (its weights must be the same)."),
 ) -> None:
     """Show how much each token adds to the decision: intercept + contributions = logit, exactly."""
-    from ..classifier.predictor import STCClassifier
+    from ..classifier.predictor import Predictor
     from ..config import DEVICES
     from ..errors import ConfigError
     from ..explain import explain_text, plot_contributions, render_terminal
 
     if device not in DEVICES:
         raise ConfigError(f"unknown --device {device!r}: choose from {','.join(DEVICES)}")
-    clf = STCClassifier.load(classifier, device=device, model=model, dtype=dtype)
+    clf = Predictor.load(classifier, device=device, model=model, dtype=dtype)
     expl = explain_text(clf, text, centered=centered)
     expl.view(target)  # an unknown --class fails before anything is printed
     if plot:

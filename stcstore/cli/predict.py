@@ -37,7 +37,7 @@ def predict_cmd(
 ) -> None:
     """Classify texts with a saved STC classifier; only the first layers it needs run."""
     from ..classifier.predictor import (
-        STCClassifier,
+        Predictor,
         check_out_path,
         load_inputs,
         predict_data,
@@ -66,7 +66,7 @@ def predict_cmd(
         # the column the classifier's activations were extracted from (recorded in its config)
         text_column = ClassifierArtifact.load(classifier).extract.get("text_column") or "text"
     source = load_inputs(data, text_column=text_column, splits=split) if data else None
-    clf = STCClassifier.load(classifier, device=device, model=model, batch_size=batch_size, dtype=dtype,
+    clf = Predictor.load(classifier, device=device, model=model, batch_size=batch_size, dtype=dtype,
                              progress=bool(data) and not no_progress)
     preds = predict_data(clf, source) if source is not None else predict_texts(clf, texts)
     n = len(preds)

@@ -213,7 +213,7 @@ def _offsets(tokenizer: Any, text: str, max_length: int, ids: list[int]) -> Opti
 
 
 def explain_text(clf: Any, text: str, centered: bool = False) -> Explanation:
-    """Explain one text with an `STCClassifier`: per-token contributions, intercept and logit.
+    """Explain one text with a `Predictor`: per-token contributions, intercept and logit.
 
     `centered`: contributions of activations relative to the training mean (intercept = the
     classifier's own); default: of the raw activations (the scaler's mean term in the intercept).
