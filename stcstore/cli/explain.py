@@ -21,7 +21,7 @@ def explain_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print {text, label, logit, intercept, tokens: [{token, contribution}]} (multiclass: lists in class order)."),
     target: Optional[str] = typer.Option(None, "--class", help="Show contributions to this class's score (default: the predicted label) (terminal and plot; --json always gives the raw logits)."),
     centered: bool = typer.Option(False, "--centered", help="Contributions relative to an average training text (activation minus the scaler mean); the intercept is then the classifier's own."),
-    top: int = typer.Option(10, "--top", help="Rows of the top-tokens table."),
+    top: int = typer.Option(10, "--top", help="Rows of the top-tokens table (tokens that contribute nothing are left out; 0: no table)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype auto, float32, bfloat16 or float16 (default: the one the classifier's features were extracted in; another one warns)."),
     model: Optional[str] = typer.Option(None, "--model", help="Where the classifier's model is now, if it moved (its weights must be the same)."),
@@ -34,6 +34,9 @@ def explain_cmd(
 
     if device not in DEVICES:
         raise ConfigError(f"unknown --device {device!r}: choose from {','.join(DEVICES)}")
+    from ..explain.render import check_top
+
+    check_top(top)  # before the model loads
     clf = Predictor.load(classifier, device=device, model=model, dtype=dtype)
     expl = explain_text(clf, text, centered=centered)
     expl.view(target)  # an unknown --class fails before anything is printed
@@ -44,4 +47,4 @@ def explain_cmd(
         sys.stdout.write(json.dumps(expl.to_json(), ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:
-        render_terminal(expl, out_console, target, top=max(top, 0))
+        render_terminal(expl, out_console, target, top=top)
