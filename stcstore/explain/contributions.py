@@ -88,7 +88,9 @@ def token_activations(clf: Any, text: str) -> tuple[list[int], dict[tuple[str, i
     """Token ids of a text (tokenised as extract does) and the per-token activations of the classifier's layers."""
     loaded: LoadedModel = clf.loaded_
     layers = {s: ls for s, ls in clf.layers_.items() if ls}
-    tw = tokenize_window(loaded.tokenizer, [text], clf.max_length_, "input", 0)
+    from ..classifier.features import check_strings
+
+    tw = tokenize_window(loaded.tokenizer, check_strings([text], 0), clf.max_length_, "input", 0)
     ids = list(tw.input_ids[0])
     if not layers:
         return ids, {}
