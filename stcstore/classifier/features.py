@@ -36,6 +36,9 @@ def check_strings(texts: Sequence[Any], start: int) -> list[str]:
     for i, t in enumerate(out):
         if not isinstance(t, str):
             raise ConfigError(f"input {start + i} is {type(t).__name__}, not a string: pass texts as strings")
+        if not t.strip():
+            # nothing to classify (a model sees only its special tokens); extract refuses empty texts too
+            raise ConfigError(f"input {start + i} is an empty text: give texts with at least one word")
     return out
 
 

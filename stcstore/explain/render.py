@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ConfigError
 from .contributions import Explanation
 
-__all__ = ["render_terminal", "plot_contributions"]
+__all__ = ["render_terminal", "plot_contributions", "check_top"]
 
 _POS = (22, 150, 60)     # green: pushes towards the shown class
 _NEG = (200, 40, 40)     # red: pushes away from it
@@ -27,11 +27,19 @@ def _style(value: float, scale: float) -> str:
     return f"{fg} on rgb({r},{g},{b})"
 
 
+def check_top(top: Any) -> int:
+    """The number of top-table rows, refusing anything but a whole number >= 0."""
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
+        raise ConfigError(f"--top must be a whole number of table rows, 0 or more, got {top!r}")
+    return int(top)
+
+
 def render_terminal(expl: Explanation, console: Any, target: Any = None, top: int = 10) -> None:
-    """Print the decision, the text with each token shaded by its contribution, and the top tokens."""
+    """Print the decision, the text with each token shaded by its contribution, and the top tokens (top=0: none)."""
     from rich.table import Table
     from rich.text import Text
 
+    top = check_top(top)
     name, score, intercept, c = expl.view(target)
     scale = float(np.abs(c).max()) if c.size else 0.0
     proba = ", ".join(f"P({k})={p:.3f}" for k, p in zip(expl.classes, expl.proba))
@@ -71,7 +79,13 @@ def render_terminal(expl: Explanation, console: Any, target: Any = None, top: in
     if expl.truncated:
         console.print("(the text was truncated to the run's max_length; the dim rest was not read)", style="dim")
     console.print()
-    order = np.argsort(-np.abs(c), kind="stable")[:top]
+    if top == 0:
+        return
+    # tokens that add nothing (every token but the chosen one under max/first/last pooling) are not "top"
+    order = [i for i in np.argsort(-np.abs(c), kind="stable") if c[i] != 0][:top]
+    if not order:
+        console.print(f"no token contributes to the score of {name!r}: it is the intercept alone")
+        return
     table = Table("#", "token", "position", f"contribution to {name!r}", title=f"top {len(order)} tokens by |contribution|")
     for rank, i in enumerate(order, 1):
         table.add_row(str(rank), Text(expl.tokens[i], style=_style(c[i], scale)), str(int(i)), f"{c[i]:+.4f}")
