@@ -135,3 +135,37 @@ def test_blocks_needed():
     assert blocks_needed({"hidden": [0, 1]}) == 1
     assert blocks_needed({"ffn": [0]}) == 1
     assert blocks_needed({"hidden": [2], "ffn": [2]}) == 3
+
+
+# -- the one hook mechanism: LayerHooks, shared by extraction and explain -------------------------------
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_layer_hooks_hand_over_raw_activations_in_forward_order(family, loaded):
+    """The callback gets each chosen (site, layer)'s raw (B, T, width) tensor, in forward order, equal to
+    output_hidden_states; the forward stops after the last one."""
+    from stcstore.extract.capture import LayerHooks, capture_order
+
+    lm = loaded(family)
+    batch = _batch(lm.tokenizer, "right")
+    seen: list = []
+    layers = {"hidden": [2, 0], "ffn": [1]}
+    with LayerHooks(lm, layers, lambda s, l, x: seen.append((s, l, x.detach().clone()))) as hooks, torch.no_grad():
+        hooks.forward(batch)
+    assert [(s, l) for s, l, _ in seen] == sorted([("hidden", 0), ("ffn", 1), ("hidden", 2)],
+                                                  key=lambda k: capture_order(*k))
+    with torch.no_grad():
+        hs = lm.model(**hooks.model_inputs(batch), output_hidden_states=True).hidden_states
+    for s, l, x in seen:
+        if s == "hidden":
+            torch.testing.assert_close(x, hs[l], rtol=1e-5, atol=1e-5)
+        else:
+            assert x.shape[:2] == batch["input_ids"].shape and x.shape[2] == lm.info["d_ff"]
+
+
+def test_explain_and_extract_share_the_hook_mechanism(loaded):
+    from stcstore.explain.contributions import TokenActivations
+    from stcstore.extract.capture import LayerHooks
+
+    lm = loaded("bert")
+    assert isinstance(ActivationCapture(lm, ("hidden",), ("mean",)).hooks, LayerHooks)
+    assert isinstance(TokenActivations(lm, {"ffn": [0]}).hooks, LayerHooks)
