@@ -220,3 +220,25 @@ def test_save_load_gives_the_same_predictions(fitted, rt_rows, tmp_path):
     assert fitted.score(new, fitted.predict(new)) == 1.0
     expl = back.explain(new[0])
     assert float(expl.logit[0]) == pytest.approx(float(fitted.decision_function(new[:1])[0]), abs=1e-4)
+
+
+def test_readme_estimator_example_runs_as_written(cache, tiny_model, tmp_path, monkeypatch):
+    import re
+
+    from conftest import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    first = next(b for b in blocks if b.startswith("from stcstore import STCClassifier"))
+    second = next(b for b in blocks if b.startswith('clf.report_["stc"]["test"]'))
+    # the same code on a tiny local model and a small search (MiniLM's default search is minutes)
+    assert 'STCClassifier(model="minilm")' in first
+    small = ", ".join(f"{k}={v!r}" for k, v in QUICK.items())
+    first = first.replace('STCClassifier(model="minilm")', f'STCClassifier(model=r"{tiny_model("bert")}", {small})')
+    texts, labels = _word_reviews(120, seed=4)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"texts": texts, "labels": labels}
+    exec(compile(first + second, "README.md", "exec"), ns)
+    clf = ns["clf"]
+    assert set(clf.predict(texts[:3]).tolist()) <= {"neg", "pos"}
+    assert 0 <= clf.report_["stc"]["test"] <= 1
+    assert (tmp_path / "clf" / "config.json").is_file() and (tmp_path / "clf" / "report.json").is_file()
