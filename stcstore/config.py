@@ -21,6 +21,7 @@ __all__ = [
     "ExtractConfig",
     "ProbeConfig",
     "parse_list",
+    "parse_bytes",
 ]
 
 POOLS: tuple[str, ...] = ("mean", "max", "first", "last")
@@ -114,6 +115,30 @@ class ExtractConfig:
         return "float32" if self.dtype == "float32" else "float16"
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value: object) -> Optional[int]:
+    """'2GB', '512MiB', '1.5e9' or an int -> bytes; None stays None; ValueError when not a size."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        unit = text[len(digits):]
+        if unit not in _UNITS or not digits:
+            raise ValueError(value)
+        n = float(digits) * _UNITS[unit]
+    if not n >= 1 or n != n or n == float("inf"):
+        raise ValueError(value)
+    return int(n)
+
+
 @dataclass
 class ProbeConfig:
     """What `probe` searches: label, splits, solver backend and the C / eta grids."""
@@ -138,6 +163,8 @@ class ProbeConfig:
     # an experiment of the same name: resume it (default), start it over, or replace other settings
     fresh: bool = False
     overwrite: bool = False
+    # bytes a probe fit may use on its device ('2GB', '512MiB' or a number); None: a share of what is free
+    memory_budget: Optional[int | str] = None
 
     def validate(self) -> "ProbeConfig":
         """Check option values; raise ConfigError naming the bad one."""
@@ -155,6 +182,11 @@ class ProbeConfig:
             raise ConfigError(f"unknown --device {self.device!r}: choose from {','.join(DEVICES)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {self.seed!r}")
+        try:
+            self.memory_budget = parse_bytes(self.memory_budget)
+        except ValueError:
+            raise ConfigError(f"--memory-budget takes a size such as 2GB, 512MiB or a number of bytes, "
+                              f"got {self.memory_budget!r}") from None
         self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
         self.eta_grid = tuple(sorted(float(e) for e in self.eta_grid))
         return self

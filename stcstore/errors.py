@@ -24,6 +24,7 @@ __all__ = [
     "ClassifierError",
     "Float16OverflowError",
     "MissingDependencyError",
+    "MemoryBudgetError",
 ]
 
 
@@ -93,3 +94,7 @@ class Float16OverflowError(StcstoreError, OverflowError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional package is needed for what was asked."""
+
+
+class MemoryBudgetError(UserError, MemoryError):
+    """A fit ran out of host or device memory; the message names the option that makes it fit."""

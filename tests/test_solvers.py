@@ -283,3 +283,74 @@ def test_newton_left_far_from_the_optimum_is_finished_by_fista(n_classes) -> Non
         f = l1_logistic_objective(X, y, n_classes, fit.coef[0, ci], fit.intercept[0, ci], C)
         f_sk = l1_logistic_objective(X, y, n_classes, ref.coef[0, ci], ref.intercept[0, ci], C)
         assert abs(f - f_sk) <= 1e-3 * f_sk, (C, f, f_sk)
+
+
+# ----------------------------------------------------------------------------- memory budget
+
+
+def test_tiny_memory_budget_chunks_rows_with_the_same_solution() -> None:
+    """A budget far below the design forces many row chunks: same coefficients, sklearn's objective."""
+    X, y = make_data(300, 60, 2, seed=0)
+    Cs = [0.01, 0.1, 1.0]
+    # a tight tol, so both fits sit at the optimum rather than wherever the gap test stopped them
+    whole = TorchSolver(tol=1e-7)
+    ref = whole.fit_path(X, y, 2, Cs)
+    assert whole.last_layout["n_chunks"] == 1
+    tiny = TorchSolver(tol=1e-7, memory_budget=60_000)     # the design alone is 72,000 bytes
+    fit = tiny.fit_path(X, y, 2, Cs)
+    assert tiny.last_layout["n_chunks"] >= 5 and tiny.last_layout["rows"] < 300
+    np.testing.assert_allclose(fit.coef, ref.coef, atol=1e-6)
+    np.testing.assert_allclose(fit.intercept, ref.intercept, atol=1e-6)
+    sk = SklearnSolver(tol=1e-8).fit_path(X, y, 2, Cs)
+    for ci, C in enumerate(Cs):
+        f = l1_logistic_objective(X, y, 2, fit.coef[0, ci], fit.intercept[0, ci], C)
+        f_sk = l1_logistic_objective(X, y, 2, sk.coef[0, ci], sk.intercept[0, ci], C)
+        assert abs(f - f_sk) <= 1e-3 * f_sk, (C, f, f_sk)
+
+
+@pytest.mark.parametrize("method", ["newton", "fista"])
+def test_tiny_memory_budget_three_classes_with_masks(method) -> None:
+    """Chunked Hessians, logits and X^T R over masks and three classes reach sklearn's optimum."""
+    X, y = make_data(300, 40, 3, seed=1)
+    Cs = [0.05, 0.5]
+    masks = _nested_masks(40, [10, 40])
+    solver = TorchSolver(method=method, memory_budget=40_000)
+    fit = solver.fit_path(X, y, 3, Cs, masks=masks)
+    assert solver.last_layout["n_chunks"] >= 5
+    sk = SklearnSolver(saga_tol=1e-6, saga_max_iter=20000).fit_path(X, y, 3, Cs, masks=masks)
+    for m in range(2):
+        for ci, C in enumerate(Cs):
+            f = l1_logistic_objective(X, y, 3, fit.coef[m, ci], fit.intercept[m, ci], C)
+            f_sk = l1_logistic_objective(X, y, 3, sk.coef[m, ci], sk.intercept[m, ci], C)
+            assert abs(f - f_sk) <= 1e-3 * f_sk, (m, C, f, f_sk)
+
+
+def test_fit_path_pins_float32_matmul_precision() -> None:
+    """Inside a fit matmuls are true float32 (no TF32); the caller's setting is back afterwards."""
+    seen = []
+    X, y = make_data(60, 8, 2, seed=6)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        import stcstore.probe.solvers.torch_solver as ts
+
+        real = ts._prepare
+
+        def spy(*a, **k):
+            seen.append(torch.get_float32_matmul_precision())
+            return real(*a, **k)
+
+        ts._prepare = spy
+        try:
+            TorchSolver().fit_path(X, y, 2, [0.1])
+        finally:
+            ts._prepare = real
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_memory_budget_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="memory_budget"):
+        TorchSolver(memory_budget=0)

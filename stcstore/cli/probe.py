@@ -47,6 +47,9 @@ def probe_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Start the experiment over instead of resuming it."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an experiment of this --name that has other settings."),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget",
+        help="Memory a probe fit may use on its device, e.g. 2GB or 512MiB (default: 80% of free GPU memory, 50% of available RAM)."),
 ) -> None:
     """Probe every layer, sparsify, aggregate the first k layers; pick on val, score test once."""
     from ..config import ProbeConfig
@@ -56,7 +59,7 @@ def probe_cmd(
     kwargs = dict(
         store=store, label=label, run=run, split_column=split_column, backend=backend, name=name, out=out,
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
-        progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite,
+        progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite, memory_budget=memory_budget,
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

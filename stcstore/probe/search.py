@@ -63,6 +63,7 @@ from .blocks import (
 )
 from .checkpoints import LayerFit, LayerFitCache, layer_fit_key, load_checkpoint, save_checkpoint
 from .experiment import REPORT_NAME, Experiment
+from .memory import concat_bytes, format_bytes, out_of_memory_as, resolve_budget
 from .outputs import CLASSIFIER_DIR, SEARCH_NAME, copy_out, load_outputs, write_outputs
 from .report import BASELINE_NAMES, accuracy, macro_f1
 from .sparsify import keep_counts, ranking
@@ -163,7 +164,7 @@ def _get_solver(config: ProbeConfig) -> Any:
                 "the probe solvers (stcstore.probe.solvers) are not installed: reinstall stcstore"
             ) from None
         raise
-    return get_solver(backend=config.backend, device=config.device)
+    return get_solver(backend=config.backend, device=config.device, memory_budget=config.memory_budget)
 
 
 def _settings(config: ProbeConfig, reader: RunReader, fp_hash: str, sites: Sequence[str], pools: Sequence[str],
@@ -223,8 +224,10 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
             report, search, artifact = load_outputs(exp.path)
             log.info("experiment %r is finished with these settings: returning its result", name)
         else:
-            report, search, artifact = _search(config, reader, plan, solver, exp, sites, pools, fp_hash,
-                                               want_concat, timer, t_start)
+            with out_of_memory_as("out of memory while probing: rerun the same command with a smaller "
+                                  "--memory-budget (it resumes where it stopped), or probe fewer --pools/--sites"):
+                report, search, artifact = _search(config, reader, plan, solver, exp, sites, pools, fp_hash,
+                                                   want_concat, timer, t_start)
         out_copy = copy_out(exp.path, out_extra, skip=_PRIVATE) if out_extra is not None else None
     stc = report["stc"]
     log.info("STC %s/%s eta %g k %d C %g: val %.4f test %.4f (%d features); in %s",
@@ -309,18 +312,38 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     artifact = _artifact(best, stc, config.label, plan.classes, reader, fp_hash)
     if want_concat:
         report["pending"] = ["all_layers_concat"]
-    write_outputs(exp.path, report, search, artifact, config.plots)
+    # plots are an extra too: drawn once, with the final report
+    write_outputs(exp.path, report, search, artifact, config.plots and not want_concat)
     if want_concat:
-        with timer("concat_baseline"):
-            b = baselines["best_layer"]
-            report["baselines"]["all_layers_concat"] = _concat_baseline(
-                solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], y_tr, y_va, y_te,
-                K, Cs)
+        b = baselines["best_layer"]
+        too_big = _concat_too_big(solver, config, plan, reader.width(b["site"]) * n_layers[b["site"]])
+        if too_big:
+            log.warning("%s", too_big)
+            report.setdefault("notes", []).append(too_big)
+        else:
+            oom = (f"out of memory in the all-layers-concat baseline (the report and classifier are written in "
+                   f"{exp.path}): rerun with a smaller --memory-budget to finish it, or add --no-concat-baseline "
+                   f"--overwrite to go without it")
+            with timer("concat_baseline"), out_of_memory_as(oom):
+                report["baselines"]["all_layers_concat"] = _concat_baseline(
+                    solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], y_tr, y_va,
+                    y_te, K, Cs)
+            report["test_scored"].append("all_layers_concat")
         report.pop("pending")
-        report["test_scored"].append("all_layers_concat")
         report["timing_s"] = _timings(timer, t_start)
         write_outputs(exp.path, report, search, artifact, config.plots)
     return report, search, artifact
+
+
+def _concat_too_big(solver: Any, config: ProbeConfig, plan: SplitPlan, n_cols: int) -> Optional[str]:
+    """Why the concat baseline is skipped (its rows would not fit the host budget), or None."""
+    n_rows = sum(plan.n(r) for r in ("train", "val", "test"))
+    need = concat_bytes(n_rows, plan.n("train"), n_cols, getattr(solver, "name", ""))
+    budget = resolve_budget("cpu", config.memory_budget)
+    if need <= budget:
+        return None
+    return (f"all_layers_concat skipped: its {n_rows} x {n_cols} rows need about {format_bytes(need)}, over the "
+            f"memory budget of {format_bytes(budget)} (set --memory-budget, or --no-concat-baseline)")
 
 
 @contextmanager

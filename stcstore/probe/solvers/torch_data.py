@@ -1,45 +1,126 @@
-"""The torch solver's data: the design on its device, and the passes over it every engine shares."""
+"""The torch solver's data: the design on its device, and the passes over it every engine shares.
+
+Every pass over X (logits, X^T R, the Hessian's Gram products, the Lipschitz power iteration)
+runs over row chunks of one size, set by the memory budget: one chunk (X as it is) when the
+design and the solver's state fit; several when they do not. A design that does not fit on
+the device at all stays on the host, and its chunks are streamed to the device through two
+pinned staging buffers. Results do not depend on the chunking beyond float32 summation order.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...errors import DataError
+from ..memory import format_bytes
 from .base import n_outputs
 
 log = logging.getLogger(__name__)
+
+# fewer rows per chunk would make every pass a loop of tiny matmuls
+MIN_CHUNK_ROWS = 16
 
 
 @dataclass
 class _Data:
     """The design shared by every problem: X, labels and the constants the dual point needs."""
 
-    X: torch.Tensor        # (n, d) float32
+    X: torch.Tensor        # (n, d) float32, on `device` (resident) or on the host (streamed)
     y: torch.Tensor        # (n,) int64
     Y: torch.Tensor        # (n, K) float32: one-hot, or y itself for one logit
     K: int                 # number of logits
     colsum: torch.Tensor   # (d,) float64, X^T 1
     XtY: torch.Tensor      # (K, d) float64, (X^T Y)^T
     ybar: torch.Tensor     # (K,) float64, mean of Y's columns
+    device: torch.device = torch.device("cpu")
+    rows: int = 1 << 62    # rows per chunk of every pass over X
+    _stager: Optional["_Stager"] = field(default=None, repr=False)
 
     @property
     def binary(self) -> bool:
         return self.K == 1
 
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_chunks(self) -> int:
+        """How many row chunks each pass over X takes."""
+        return -(-self.n // self.rows)
+
+    def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(start, stop, rows of X on the device) for each row chunk, in order."""
+        n = self.n
+        if self.rows >= n and self._stager is None:
+            yield 0, n, self.X
+            return
+        for i, s in enumerate(range(0, n, self.rows)):
+            e = min(s + self.rows, n)
+            yield s, e, (self.X[s:e] if self._stager is None else self._stager.fetch(i, self.X[s:e]))
+
+
+class _Stager:
+    """Two pinned host buffers that row chunks alternate through on their way to the GPU.
+
+    The copy of chunk i + 1 is queued while chunk i is used; a buffer is refilled only after
+    the copy that last read it has finished (its event). Host memory: two chunks, whatever n.
+    """
+
+    def __init__(self, rows: int, d: int, device: torch.device) -> None:
+        self.device = device
+        self.bufs = [torch.empty((rows, d), dtype=torch.float32, pin_memory=True) for _ in range(2)]
+        self.events: list[Optional[Any]] = [None, None]
+
+    def fetch(self, i: int, src: torch.Tensor) -> torch.Tensor:
+        """src (host rows) as a device tensor, copied asynchronously through buffer i % 2."""
+        j = i % 2
+        if self.events[j] is not None:
+            self.events[j].synchronize()
+        buf = self.bufs[j][: src.shape[0]]
+        buf.copy_(src)
+        out = buf.to(self.device, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        self.events[j] = ev
+        return out
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu").numpy()
 
 
-def _to_tensor(X: Any, device: torch.device) -> torch.Tensor:
-    """X as a float32 tensor on `device`; CuPy arrays arrive through DLPack without a copy."""
+@contextmanager
+def fp32_matmuls() -> Iterator[None]:
+    """True float32 matmuls inside the block (no TF32), the caller's setting restored after.
+
+    The duality-gap tolerance assumes float32 products: TF32's 10-bit mantissa would leave
+    the gap stalled far above it.
+    """
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def state_bytes(n: int, d: int, K: int, P: int) -> int:
+    """Device bytes of the solver's state for P problems besides X: logits, residuals, weights."""
+    # per row and logit: about 8 float32 (logits, probabilities, steps) and 5 float64 (line
+    # search, dual point) arrays; per weight: about 10 float32 and 3 float64 copies
+    return n * P * K * (8 * 4 + 5 * 8) + P * K * d * (10 * 4 + 3 * 8) + n * (K + 2) * 8
+
+
+def _to_tensor(X: Any) -> torch.Tensor:
+    """X as a contiguous float32 tensor where it lives; CuPy arrays arrive through DLPack without a copy."""
     if isinstance(X, torch.Tensor):
         t = X
     elif isinstance(X, np.ndarray):
@@ -48,20 +129,49 @@ def _to_tensor(X: Any, device: torch.device) -> torch.Tensor:
         t = torch.from_dlpack(X)
     else:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(X), dtype=np.float32))
-    return t.to(device=device, dtype=torch.float32).contiguous()
+    return t.to(dtype=torch.float32).contiguous()
 
 
-def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device) -> _Data:
-    Xt = _to_tensor(X, device)
-    if not all(bool(torch.isfinite(c).all()) for c in Xt.split(1024)):
-        raise DataError("X has NaN or infinite values (in float32): check the stored activations")
-    yt = torch.as_tensor(y, device=device)
+def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device, budget: Optional[int] = None,
+             n_problems: int = 1, extra_bytes: int = 0) -> _Data:
+    """The design on `device` (or streamed from the host), chunked to fit `budget` bytes."""
+    Xt = _to_tensor(X)
+    n, d = Xt.shape
     K = n_outputs(n_classes)
+    state = state_bytes(n, d, K, n_problems) + extra_bytes
+    copy = 0 if Xt.device == device else n * d * 4
+    budget = (1 << 62) if budget is None else int(budget)
+    # a design already on the device stays there; the host is the device on the CPU
+    resident = copy == 0 or device.type == "cpu" or copy + state <= budget
+    if resident:
+        Xt = Xt.to(device)
+    # per chunk row: its copy from the host when streamed, the Hessian's gathered columns and
+    # their weighted copy (at most d wide each), and the chunk's logits
+    per_row = d * 4 * (2 if resident else 3) + n_problems * K * 4
+    free = budget - state - (copy if resident else 0)
+    rows = int(min(n, max(MIN_CHUNK_ROWS, free // per_row)))
+    stager = None if resident else _Stager(rows, d, device)
+    if not resident:
+        log.info("torch solver: the %d x %d design (%s) does not fit the memory budget %s on %s: "
+                 "streaming it from the host in %d chunks of %d rows", n, d, format_bytes(n * d * 4),
+                 format_bytes(budget), device, -(-n // rows), rows)
+    elif rows < n:
+        log.debug("torch solver: %d chunks of %d rows to stay within %s", -(-n // rows), rows, format_bytes(budget))
+    yt = torch.as_tensor(y, device=device)
     Y = yt[:, None].float() if K == 1 else F.one_hot(yt, n_classes).float()
-    # row chunks: a float64 copy of the whole X would double the probe's peak memory
-    colsum = sum(c.sum(0, dtype=torch.float64) for c in Xt.split(1024))
-    XtY = (Y.T @ Xt).double()
-    return _Data(X=Xt, y=yt, Y=Y, K=K, colsum=colsum, XtY=XtY, ybar=Y.double().mean(0))
+    data = _Data(X=Xt, y=yt, Y=Y, K=K, colsum=torch.zeros(d, dtype=torch.float64, device=device),
+                 XtY=torch.zeros((K, d), dtype=torch.float64, device=device), ybar=Y.double().mean(0),
+                 device=device, rows=rows, _stager=stager)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for s, e, Xc in data.chunks():
+        # sub-chunks: a float64 copy of a whole chunk would double the probe's peak memory
+        for c in Xc.split(1024):
+            finite &= torch.isfinite(c).all()
+            data.colsum += c.sum(0, dtype=torch.float64)
+        data.XtY += (Y[s:e].T @ Xc).double()
+    if not bool(finite):
+        raise DataError("X has NaN or infinite values (in float32): check the stored activations")
+    return data
 
 
 def _prior_intercept(data: _Data) -> torch.Tensor:
@@ -75,9 +185,13 @@ def _prior_intercept(data: _Data) -> torch.Tensor:
 
 
 def _logits(data: _Data, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Logits (n, P, K) of P problems with one matmul against the shared X."""
+    """Logits (n, P, K) of P problems with one matmul per row chunk against the shared X."""
     P, K, d = W.shape
-    return (data.X @ W.reshape(P * K, d).T).view(-1, P, K) + b
+    Wt = W.reshape(P * K, d).T
+    Z = torch.empty((data.n, P * K), device=data.device)
+    for s, e, Xc in data.chunks():
+        torch.mm(Xc, Wt, out=Z[s:e])
+    return Z.view(-1, P, K) + b
 
 
 def _probs_loss(data: _Data, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +207,34 @@ def _probs_loss(data: _Data, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _xt(data: _Data, R: torch.Tensor) -> torch.Tensor:
-    """X^T R for residuals (n, P, K): (P, K, d), again one matmul."""
+    """X^T R for residuals (n, P, K): (P, K, d), one matmul per row chunk, summed."""
     n, P, K = R.shape
-    return (R.reshape(n, P * K).T @ data.X).view(P, K, -1)
+    R2 = R.reshape(n, P * K)
+    G: Optional[torch.Tensor] = None
+    for s, e, Xc in data.chunks():
+        if G is None:
+            G = R2[s:e].T @ Xc
+        else:
+            G.addmm_(R2[s:e].T, Xc)
+    return G.view(P, K, -1)
+
+
+def _sq_norm_aug(data: _Data, iters: int = 30) -> torch.Tensor:
+    """||[X, 1]||_2^2 by power iteration (the Lipschitz scale of the loss with an intercept)."""
+    d = data.X.shape[1]
+    v = torch.ones(d + 1, device=data.device, dtype=torch.float32) / float(np.sqrt(d + 1))
+    s = torch.tensor(1.0, device=data.device)
+    u = torch.empty(data.n, device=data.device)
+    for _ in range(iters):
+        g = torch.zeros(d, device=data.device)
+        for a, e, Xc in data.chunks():
+            torch.mv(Xc, v[:d], out=u[a:e])
+            u[a:e] += v[d]
+            g.addmv_(Xc.T, u[a:e])
+        v = torch.cat([g, u.sum()[None]])
+        s = v.norm()
+        v = v / s.clamp(min=1e-30)
+    return s.double()
 
 
 

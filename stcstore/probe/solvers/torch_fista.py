@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
 
-from .torch_data import _Data, _logits, _loss64, _np, _probs_loss, _soft, _xt
+from .torch_data import _Data, _logits, _loss64, _np, _probs_loss, _soft, _sq_norm_aug, _xt
 from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 
 log = logging.getLogger(__name__)
@@ -24,11 +23,11 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
     """
     tr = _Tracker(W * mask[:, None, :], b)
     stop = _StopRule(W.shape[0], tol, 5, 0.9, W.device)
-    dev = data.X.device
+    dev = data.device
     maskf = mask[:, None, :].float()
     # start from an eighth of the global Lipschitz bound (the loss is rarely that curved) and
     # let backtracking raise it
-    sig2 = _sq_norm_aug(data.X)
+    sig2 = _sq_norm_aug(data)
     curv = 0.25 if data.binary else 0.5
     L = (C * sig2 * curv / 8).float()
     idx = tr.active
@@ -88,16 +87,3 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
         tr.n_iter[_np(idx)] += 1
         it += 1
     return tr.result(tol, "fista")
-
-
-def _sq_norm_aug(X: torch.Tensor, iters: int = 30) -> torch.Tensor:
-    """||[X, 1]||_2^2 by power iteration (the Lipschitz scale of the loss with an intercept)."""
-    n, d = X.shape
-    v = torch.ones(d + 1, device=X.device, dtype=torch.float32) / math.sqrt(d + 1)
-    s = torch.tensor(1.0, device=X.device)
-    for _ in range(iters):
-        u = X @ v[:d] + v[d]
-        v = torch.cat([X.T @ u, u.sum()[None]])
-        s = v.norm()
-        v = v / s.clamp(min=1e-30)
-    return s.double()

@@ -37,7 +37,8 @@ import torch
 
 from ...errors import ConfigError
 from .base import PathFit, Solver, check_init, check_inputs, n_outputs
-from .torch_data import _np, _prepare, _prior_intercept
+from ..memory import resolve_budget
+from .torch_data import _np, _prepare, _prior_intercept, fp32_matmuls
 from .torch_dual import _better_start
 from .torch_fista import _solve_fista
 from .torch_newton import _solve_newton
@@ -62,7 +63,8 @@ class TorchSolver(Solver):
 
     def __init__(self, device: str = "cpu", tol: float = 1e-4, method: str = "auto", path: str = "warm",
                  max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 4096,
-                 ws_growth: float = 1.25, inner_max_iter: int = 100, inner_rtol: float = 0.1) -> None:
+                 ws_growth: float = 1.25, inner_max_iter: int = 100, inner_rtol: float = 0.1,
+                 memory_budget: Optional[int] = None) -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown torch solver method {method!r}: choose from {','.join(METHODS)}")
         if path not in PATHS:
@@ -83,6 +85,12 @@ class TorchSolver(Solver):
         self.ws_growth = float(ws_growth)
         self.inner_max_iter = int(inner_max_iter)
         self.inner_rtol = float(inner_rtol)
+        if memory_budget is not None and memory_budget <= 0:
+            raise ConfigError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        # bytes a fit may allocate on its device; None: a share of what is free when it starts
+        self.memory_budget = memory_budget
+        # how the last fit laid out its design: rows per chunk, chunk count, resident or streamed
+        self.last_layout: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"TorchSolver(device={self.device!r}, method={self.method!r}, tol={self.tol})"
@@ -100,13 +108,25 @@ class TorchSolver(Solver):
         """Fit every (mask, C) problem; solutions are exact to the relative duality gap `tol`."""
         y_np, Cs_t, masks_np = check_inputs(X, y, n_classes, Cs, masks)
         init = check_init(init, masks_np.shape[0], len(Cs_t), n_outputs(n_classes), masks_np.shape[1])
+        with fp32_matmuls():
+            return self._fit(X, y_np, n_classes, Cs_t, masks_np, init)
+
+    def _fit(self, X: Any, y_np: np.ndarray, n_classes: int, Cs_t: tuple[float, ...], masks_np: np.ndarray,
+             init: Optional[tuple[np.ndarray, np.ndarray]]) -> PathFit:
         t0 = time.perf_counter()
-        data = _prepare(X, y_np, n_classes, self._device)
-        K, d = data.K, data.X.shape[1]
-        method = self._method_for(K, data.X.shape[0], d)
+        n, d = X.shape
+        K = n_outputs(n_classes)
+        method = self._method_for(K, n, d)
+        M, nC = masks_np.shape[0], len(Cs_t)
+        # Newton's dense systems: H, its support copy and a float64 copy for the fallback solve
+        kw = min(d, n, self.max_working_set) + 1
+        extra = 24 * (K * kw) ** 2 if method == "newton" else 0
+        budget = resolve_budget(str(self._device), self.memory_budget)
+        data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra)
+        self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
+                            "resident": data._stager is None}
         engine = _solve_newton if method == "newton" else _solve_fista
         max_iter = self.max_iter or (100 if method == "newton" else 20000)
-        M, nC = masks_np.shape[0], len(Cs_t)
         masks_t = torch.as_tensor(masks_np, device=self._device)
         coef = np.zeros((M, nC, K, d), dtype=np.float32)
         icpt = np.zeros((M, nC, K), dtype=np.float32)
