@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -115,6 +116,8 @@ class ExtractConfig:
         return "float32" if self.dtype == "float32" else "float16"
 
 
+SELECTIONS = ("one_se", "best")
+
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -163,30 +166,37 @@ class ProbeConfig:
     # an experiment of the same name: resume it (default), start it over, or replace other settings
     fresh: bool = False
     overwrite: bool = False
+    # how the winner is chosen on val (one_se: the simplest within one standard error of the best)
+    selection: str = "one_se"
+    # refit the chosen configuration on train + val (the classifier users keep)
+    refit: bool = True
     # bytes a probe fit may use on its device ('2GB', '512MiB' or a number); None: a share of what is free
     memory_budget: Optional[int | str] = None
 
     def validate(self) -> "ProbeConfig":
-        """Check option values; raise ConfigError naming the bad one."""
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown --backend {self.backend!r}: choose from {','.join(BACKENDS)}")
-        if self.sites is not None:
-            self.sites = parse_list(self.sites, SITES, "site")
-        if self.pools is not None:
-            self.pools = parse_list(self.pools, POOLS, "pool")
-        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+        """A checked copy (sorted grids, parsed lists); raise ConfigError naming the bad option."""
+        c = dataclasses.replace(self)
+        if c.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {c.backend!r}: choose from {','.join(BACKENDS)}")
+        if c.sites is not None:
+            c.sites = parse_list(c.sites, SITES, "site")
+        if c.pools is not None:
+            c.pools = parse_list(c.pools, POOLS, "pool")
+        if not c.c_grid or any(x <= 0 for x in c.c_grid):
             raise ConfigError("--c-grid needs positive values, e.g. 0.01,0.1,1")
-        if not self.eta_grid or any(not 0 < e <= 1 for e in self.eta_grid):
+        if not c.eta_grid or any(not 0 < e <= 1 for e in c.eta_grid):
             raise ConfigError("--eta-grid needs values in (0, 1], e.g. 0.5,0.8,1.0")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown --device {self.device!r}: choose from {','.join(DEVICES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {self.seed!r}")
+        if c.device not in DEVICES:
+            raise ConfigError(f"unknown --device {c.device!r}: choose from {','.join(DEVICES)}")
+        if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {c.seed!r}")
+        if c.selection not in SELECTIONS:
+            raise ConfigError(f"unknown --selection {c.selection!r}: choose from {','.join(SELECTIONS)}")
         try:
-            self.memory_budget = parse_bytes(self.memory_budget)
+            c.memory_budget = parse_bytes(c.memory_budget)
         except ValueError:
             raise ConfigError(f"--memory-budget takes a size such as 2GB, 512MiB or a number of bytes, "
-                              f"got {self.memory_budget!r}") from None
-        self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
-        self.eta_grid = tuple(sorted(float(e) for e in self.eta_grid))
-        return self
+                              f"got {c.memory_budget!r}") from None
+        c.c_grid = tuple(sorted(float(x) for x in c.c_grid))
+        c.eta_grid = tuple(sorted(float(e) for e in c.eta_grid))
+        return c

@@ -198,3 +198,20 @@ def test_a_second_writer_and_rm_are_refused_while_the_lock_is_held(stores):
     assert cli("rm", "--store", store).returncode == 2
     assert cli("rm", "--store", store, "--run", "run0").returncode == 0
     assert not (store / "run0").exists()
+
+
+def test_ctrl_c_says_what_is_true_for_each_command(stores, monkeypatch):
+    import stcstore.probe.search as search
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "run_probe", interrupted)
+    r = cli("probe", "--store", stores["pristine"], *ARGS)
+    assert r.returncode == 130
+    assert r.stderr.strip() == "interrupted: rerun the same command to resume (finished layer probes and aggregations are kept)"
+    import stcstore.store.remove as remove
+
+    monkeypatch.setattr(remove, "remove", interrupted)
+    r = cli("rm", "--store", stores["pristine"], "--experiment", "e")
+    assert r.returncode == 130 and "partly deleted" in r.stderr

@@ -45,6 +45,11 @@ def probe_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of the table."),
     fresh: bool = typer.Option(False, "--fresh", help="Start the experiment over instead of resuming it."),
+    selection: str = typer.Option(
+        "one_se", "--selection",
+        help="How val picks the winner: one_se (the simplest config within one standard error of the best) | best."),
+    no_refit: bool = typer.Option(
+        False, "--no-refit", help="Keep the model fitted on train only (default: refit the winner on train + val)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an experiment of this --name that has other settings."),
     memory_budget: Optional[str] = typer.Option(
@@ -60,6 +65,7 @@ def probe_cmd(
         store=store, label=label, run=run, split_column=split_column, backend=backend, name=name, out=out,
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
         progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite, memory_budget=memory_budget,
+        selection=selection, refit=not no_refit,
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

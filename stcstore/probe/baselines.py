@@ -1,8 +1,9 @@
 """The baselines STC is compared with: the last layer, the best single layer, all layers concatenated.
 
-The first two are layer probes the search already fitted, chosen on val; their test rows are
-read again at the end (two blocks at most), so no probe keeps test columns for them. The
-concat baseline holds every layer of one site/pool at once, by definition.
+They get STC's treatment: chosen on val by the same rule, then (unless --no-refit) refitted on
+train + val at the chosen C and scored once on test, next to the train-only fit's score. The
+first two are layer probes the search already fitted; their rows are read again at the end (two
+blocks at most). The concat baseline holds every layer of one site/pool at once, by definition.
 """
 
 from __future__ import annotations
@@ -12,18 +13,26 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..store.reader import RunReader
-from .aggregate import LayerProbe
-from .blocks import fit_path, labels_from_decision, load_block, val_key
-from .report import accuracy, macro_f1
+from .aggregate import LayerProbe, n_blocks
+from .blocks import fit_path, labels_from_decision, load_block, read_columns, val_key
+from .metrics import classification_metrics
+from .refit import refit as refit_cols
+from .refit import refit_buffers
+from .selection import choose
 from .splits import SplitPlan
 from .standardize import StatsCache, standardize_columns
 
 __all__ = ["baseline_picks", "layer_baselines", "concat_baseline"]
 
 
-def baseline_picks(probes: dict, sites: Sequence[str], pools: Sequence[str],
-                   n_layers: dict[str, int]) -> tuple[LayerProbe, LayerProbe]:
-    """The last_layer probe (final hidden entry, best pool on val) and the best single probe on val."""
+def _blocks_of(p: LayerProbe) -> int:
+    return n_blocks(p.site, p.layer + 1)
+
+
+def baseline_picks(probes: dict, sites: Sequence[str], pools: Sequence[str], n_layers: dict[str, int],
+                   rule: str, n_val: int) -> tuple[tuple[LayerProbe, dict], tuple[LayerProbe, dict]]:
+    """The last_layer probe (final hidden entry, a pool chosen on val) and the best_layer probe
+    (any single probe chosen on val), each with what the rule saw."""
     last_site = "hidden" if "hidden" in sites else sites[-1]
     last = [probes[k] for k in ((last_site, pool, n_layers[last_site] - 1) for pool in pools) if k in probes]
 
@@ -31,27 +40,50 @@ def baseline_picks(probes: dict, sites: Sequence[str], pools: Sequence[str],
     def rank(p: LayerProbe) -> tuple:
         return (*val_key(p.val, p.n_nonzero), sites.index(p.site), pools.index(p.pool), p.layer)
 
-    return min(last, key=rank), min(probes.values(), key=rank)
+    def pick(items: list) -> tuple[LayerProbe, dict]:
+        chosen, runner_up, info = choose(items, lambda p: p.val, lambda p: (_blocks_of(p), p.n_nonzero), rank,
+                                         rule, n_val)
+        info["runner_up"] = None if runner_up is None else {
+            "site": runner_up.site, "pool": runner_up.pool, "layer": runner_up.layer, "val": runner_up.val}
+        return chosen, info
+
+    return pick(last), pick(list(probes.values()))
 
 
 def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_layers: dict[str, int],
-                    reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache,
-                    y_te: np.ndarray) -> dict[str, dict[str, Any]]:
-    """last_layer and best_layer entries, each scored once on test."""
+                    reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache, solver: Any,
+                    rule: str, refit: bool) -> dict[str, dict[str, Any]]:
+    """last_layer and best_layer entries, each scored once on test (train fit, and refit)."""
     out = {}
-    for name, p in zip(("last_layer", "best_layer"), baseline_picks(probes, sites, pools, n_layers)):
-        blk = load_block(reader, plan, row_maps, p.site, p.pool, p.layer, cache, roles=(2,))
-        X_test = standardize_columns(blk.T, p.order, p.mean, p.scale)
-        pred = labels_from_decision(X_test @ p.coef[:, p.order].T + p.intercept)
-        out[name] = {"site": p.site, "pool": p.pool, "layer": p.layer, "C": p.C, "n_features": p.n_nonzero,
-                     "val": p.val, "test": accuracy(y_te, pred), "macro_f1": macro_f1(y_te, pred)}
+    K, y_te = plan.n_classes, plan.y["test"]
+    picks = baseline_picks(probes, sites, pools, n_layers, rule, plan.n("val"))
+    for name, (p, info) in zip(("last_layer", "best_layer"), picks):
+        entry = {"site": p.site, "pool": p.pool, "layer": p.layer, "C": p.C, "n_features": p.n_nonzero,
+                 "val": p.val, "selection": info}
+        te = load_block(reader, plan, row_maps, p.site, p.pool, p.layer, cache, roles=(2,)).T
+        X_test = standardize_columns(te, p.order, p.mean, p.scale)
+        trained = classification_metrics(y_te, X_test @ p.coef[:, p.order].T + p.intercept, K)
+        del te, X_test
+        if refit:
+            d = reader.width(p.site)
+            X, bufs = refit_buffers(plan, d, reader.layout.dtype)
+            read_columns(reader, plan, row_maps, p.site, p.pool, p.layer, np.arange(d), out=bufs)
+            r = refit_cols(solver, X, bufs[2], plan, p.C)
+            del X, bufs
+            entry.update(classification_metrics(y_te, r.test_decision, K))
+            entry["no_refit"] = {"n_features": p.n_nonzero, **trained}
+            entry["n_features"] = int(len(r.cols))
+        else:
+            entry.update(trained)
+        entry["refit"] = refit
+        out[name] = entry
     return out
 
 
 def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache,
-                    site: str, pool: str, L: int, y_tr: np.ndarray, y_va: np.ndarray, y_te: np.ndarray,
-                    K: int, Cs: Sequence[float]) -> dict[str, Any]:
+                    site: str, pool: str, L: int, Cs: Sequence[float], rule: str, refit: bool) -> dict[str, Any]:
     """Every layer of one site/pool side by side (memory grows with the number of layers, by definition)."""
+    K, y_tr, y_va, y_te = plan.n_classes, plan.y["train"], plan.y["val"], plan.y["test"]
     d = reader.width(site)
     Xs = np.empty((plan.n("train"), L * d), dtype=np.float32)
     Vs = np.empty((plan.n("val"), L * d), dtype=np.float32)
@@ -69,10 +101,27 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
     coef, icpt = coef[0], icpt[0]
     n_out = coef.shape[1]
     dec = Vs @ coef.reshape(len(Cs) * n_out, -1).T + icpt.reshape(-1)
+    del Vs
     val = (labels_from_decision(dec.reshape(len(y_va), len(Cs), n_out)) == y_va[:, None]).mean(axis=0)
     nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
-    ci = min(range(len(Cs)), key=lambda i: (val_key(val[i], nnz[i]), Cs[i]))
-    pred = labels_from_decision(Ts @ coef[ci].T + icpt[ci])
-    return {"site": site, "pool": pool, "layers": {site: list(range(L))}, "C": float(Cs[ci]),
-            "n_features": nnz[ci], "val": float(val[ci]), "test": accuracy(y_te, pred),
-            "macro_f1": macro_f1(y_te, pred)}
+    ci, runner_up, info = choose(list(range(len(Cs))), lambda i: float(val[i]), lambda i: (nnz[i],),
+                                 lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
+    info["runner_up"] = None if runner_up is None else {"C": float(Cs[runner_up]), "val": float(val[runner_up])}
+    trained = classification_metrics(y_te, Ts @ coef[ci].T + icpt[ci], K)
+    del Ts
+    entry = {"site": site, "pool": pool, "layers": {site: list(range(L))}, "C": float(Cs[ci]),
+             "n_features": nnz[ci], "val": float(val[ci]), "selection": info, "refit": refit}
+    if not refit:
+        entry.update(trained)
+        return entry
+    # train + val statistics per layer: the refit reads each layer's raw columns once more
+    X, bufs = refit_buffers(plan, L * d, reader.layout.dtype)
+    for layer in range(L):
+        sl = slice(layer * d, (layer + 1) * d)
+        read_columns(reader, plan, row_maps, site, pool, layer, all_cols, out=tuple(b[:, sl] for b in bufs))
+    r = refit_cols(solver, X, bufs[2], plan, float(Cs[ci]))
+    del X, bufs
+    entry.update(classification_metrics(y_te, r.test_decision, K))
+    entry["no_refit"] = {"n_features": nnz[ci], **trained}
+    entry["n_features"] = int(len(r.cols))
+    return entry

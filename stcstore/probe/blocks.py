@@ -129,10 +129,13 @@ def load_block(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, po
 
 
 def read_columns(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,
-                 cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Some columns of one block's train, val and test rows, raw (store dtype), in one pass."""
+                 cols: np.ndarray, out: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Some columns of one block's train, val and test rows, raw values, in one pass.
+
+    Into `out` (three arrays, any float dtype) when given, else new arrays of the store's dtype.
+    """
     raw_dtype = np.dtype(reader.layout.dtype)
-    outs = tuple(np.empty((plan.n(role), len(cols)), dtype=raw_dtype) for role in ("train", "val", "test"))
+    outs = out or tuple(np.empty((plan.n(role), len(cols)), dtype=raw_dtype) for role in ("train", "val", "test"))
     for block, r, p in _slabs(reader, plan, row_maps, site, pool, layer, (0, 1, 2)):
         for role_id, out in enumerate(outs):
             sel = r == role_id
@@ -174,3 +177,20 @@ def return_freed_blocks_to_os() -> None:
         libc.mallopt(ctypes.c_int(-3), ctypes.c_int(_MMAP_THRESHOLD))   # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # musl or another libc: keep its defaults
         log.debug("mallopt unavailable; heap retention not tuned")
+
+
+def read_features(reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str, site: np.ndarray,
+                  layer: np.ndarray, index: np.ndarray, out: Optional[tuple] = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw train, val and test columns of features (site code, layer entry, neuron) of one pool, in order."""
+    from .aggregate import SITE_CODES
+
+    names = {code: name for name, code in SITE_CODES.items()}
+    raw_dtype = np.dtype(reader.layout.dtype)
+    outs = out or tuple(np.empty((plan.n(role), len(index)), dtype=raw_dtype) for role in ("train", "val", "test"))
+    for s, l in sorted(set(zip(np.asarray(site).tolist(), np.asarray(layer).tolist()))):
+        sel = (site == s) & (layer == l)
+        parts = read_columns(reader, plan, row_maps, names[s], pool, l, np.asarray(index)[sel])
+        for out, part in zip(outs, parts):
+            out[:, sel] = part
+    return outs

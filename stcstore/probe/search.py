@@ -51,12 +51,16 @@ from .aggregate import (
 )
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
+from .metrics import classification_metrics
+from .refit import refit, refit_buffers
+from .selection import choose, pareto_add
 from .blocks import (
     Block,
     fit_path,
     labels_from_decision,
     load_block,
     read_columns,
+    read_features,
     return_freed_blocks_to_os,
     val_accuracy_raw,
     val_key,
@@ -65,10 +69,10 @@ from .checkpoints import LayerFit, LayerFitCache, layer_fit_key, load_checkpoint
 from .experiment import REPORT_NAME, Experiment
 from .memory import concat_bytes, format_bytes, out_of_memory_as, resolve_budget
 from .outputs import CLASSIFIER_DIR, SEARCH_NAME, copy_out, load_outputs, write_outputs
-from .report import BASELINE_NAMES, accuracy, macro_f1
+from .report import BASELINE_NAMES
 from .sparsify import keep_counts, ranking
 from .splits import SplitPlan, resolve_splits
-from .standardize import StatsCache, cache_key
+from .standardize import StatsCache, cache_key, standardize_columns
 
 __all__ = ["ProbeResult", "run_probe", "REPORT_NAME", "SEARCH_NAME", "CLASSIFIER_DIR"]
 
@@ -97,23 +101,40 @@ class ProbeResult:
 
 @dataclass
 class _Candidate:
-    """The best aggregated config so far, with what the test scoring and artifact need."""
+    """An aggregated config that a selection rule may choose: its fit on its nonzero columns.
 
-    key: tuple
+    No rows are kept: the chosen one's test (and, to refit, train and val) columns are read
+    again from the store at the end.
+    """
+
+    key: tuple                # (-val, n_features, n_blocks, choice, pool, eta, C): rank for `best`
     entry: dict[str, Any]
     coef: np.ndarray          # (n_out, F_nz)
     intercept: np.ndarray     # (n_out,)
-    X_test: np.ndarray        # (n_test, F_nz)
-    site: np.ndarray
+    site: np.ndarray          # (F_nz,) nonzero features: site code, layer entry, neuron
     layer: np.ndarray
     index: np.ndarray
-    mean: np.ndarray
+    mean: np.ndarray          # (F_nz,) train statistics
     scale: np.ndarray
     kept_site: np.ndarray     # the mask's columns (features fed to the final probe)
     kept_layer: np.ndarray
+    kept_index: np.ndarray
+
+    @property
+    def val(self) -> float:
+        return self.entry["val"]
+
+    @property
+    def simplicity(self) -> tuple:
+        return (self.entry["n_blocks"], self.entry["n_features"])
 
 
-_CANDIDATE_ARRAYS = ("coef", "intercept", "X_test", "site", "layer", "index", "mean", "scale", "kept_site", "kept_layer")
+_CANDIDATE_ARRAYS = ("coef", "intercept", "site", "layer", "index", "mean", "scale", "kept_site", "kept_layer",
+                     "kept_index")
+
+
+def _add(front: list, cand: "_Candidate") -> list:
+    return pareto_add(front, cand, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key)
 
 
 class _Timer:
@@ -175,7 +196,7 @@ def _settings(config: ProbeConfig, reader: RunReader, fp_hash: str, sites: Seque
         "split_column": config.split_column, "seed": config.seed, "sites": list(sites), "pools": list(pools),
         "c_grid": list(config.c_grid), "eta_grid": list(config.eta_grid),
         "backend": getattr(solver, "name", type(solver).__name__), "device": str(getattr(solver, "device", "cpu")),
-        "concat_baseline": want_concat,
+        "concat_baseline": want_concat, "selection": config.selection, "refit": config.refit,
     }
 
 
@@ -262,7 +283,7 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     # Going pool by pool bounds the kept-column memory to one pool's layers (both sites).
     probes: dict[tuple[str, str, int], LayerProbe] = {}
     search: list[dict[str, Any]] = []
-    best: Optional[_Candidate] = None
+    front: list[_Candidate] = []       # every config either rule could still choose
     resumed = 0
     n_probes = sum(n_layers[s] for s in sites) * len(pools)
     with _progress(config.progress, n_probes + len(choices) * len(pools) * len(etas)) as bar:
@@ -288,28 +309,30 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
                         bar.update(len(etas))
                     entries, local = done[choice]
                     search.extend(entries)
-                    if local is not None and (best is None or local.key < best.key):
-                        best = local
+                    for cand in local:
+                        front = _add(front, cand)
             for site in sites:
                 for layer in range(n_layers[site]):
                     probes[(site, pool, layer)].release_fit_columns()
                     probes[(site, pool, layer)].release_test_columns()
-    if best is None:
+    if not front:
         raise StoreError("no probe kept any neuron (every layer probe is all zeros): try a larger --c-grid")
 
-    # -- 3. the winner and the layer baselines on the test split, once ----------------------------
+    # -- 3. the chosen config and the layer baselines on the test split, once (refit on train + val) -
+    n_val = plan.n("val")
+    best, runner_up, rule = choose(front, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key,
+                                   config.selection, n_val)
+    with timer("test"):
+        stc, artifact = _score_stc(best, config, reader, plan, row_maps, solver, fp_hash)
+    stc["selection"] = {**rule, "runner_up": None if runner_up is None else _public(runner_up.entry)}
     with timer("baselines"):
-        baselines: dict[str, Any] = layer_baselines(probes, sites, pools, n_layers, reader, plan, row_maps, cache, y_te)
-    stc = dict(best.entry)
-    pred = labels_from_decision(best.X_test @ best.coef.T + best.intercept)
-    stc["test"], stc["macro_f1"] = accuracy(y_te, pred), macro_f1(y_te, pred)
-    stc["features_per_layer"] = _features_per_layer(best)
+        baselines: dict[str, Any] = layer_baselines(probes, sites, pools, n_layers, reader, plan, row_maps, cache,
+                                                    solver, config.selection, config.refit)
     baselines["all_layers_concat"] = None
 
     # -- 4. report and classifier first; the concat baseline (optional, memory-hungry) after --------
     report = _report(config, reader, plan, solver, exp.name, fp_hash, sites, pools, probes, n_layers, stc,
                      baselines, search, cache, fits, resumed, timer, t_start)
-    artifact = _artifact(best, stc, config.label, plan.classes, reader, fp_hash)
     if want_concat:
         report["pending"] = ["all_layers_concat"]
     # plots are an extra too: drawn once, with the final report
@@ -326,8 +349,8 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
                    f"--overwrite to go without it")
             with timer("concat_baseline"), out_of_memory_as(oom):
                 report["baselines"]["all_layers_concat"] = _concat_baseline(
-                    solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], y_tr, y_va,
-                    y_te, K, Cs)
+                    solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], config.c_grid,
+                    config.selection, config.refit)
             report["test_scored"].append("all_layers_concat")
         report.pop("pending")
         report["timing_s"] = _timings(timer, t_start)
@@ -344,6 +367,38 @@ def _concat_too_big(solver: Any, config: ProbeConfig, plan: SplitPlan, n_cols: i
         return None
     return (f"all_layers_concat skipped: its {n_rows} x {n_cols} rows need about {format_bytes(need)}, over the "
             f"memory budget of {format_bytes(budget)} (set --memory-budget, or --no-concat-baseline)")
+
+
+def _public(entry: dict) -> dict:
+    return {k: entry[k] for k in ("site", "pool", "eta", "k", "C", "n_blocks", "n_features", "val") if k in entry}
+
+
+def _score_stc(best: _Candidate, config: ProbeConfig, reader: RunReader, plan: SplitPlan, row_maps: dict,
+               solver: Any, fp_hash: str) -> tuple[dict[str, Any], Any]:
+    """The chosen config's report entry and classifier: the train fit scored on test, and (unless
+    --no-refit) the refit on train + val, which becomes the classifier and the quoted test score."""
+    K, y_te = plan.n_classes, plan.y["test"]
+    pool = best.entry["pool"]
+    stc = dict(best.entry)
+    _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index)
+    dec = standardize_columns(te, np.arange(te.shape[1]), best.mean, best.scale) @ best.coef.T + best.intercept
+    trained = classification_metrics(y_te, dec, K)
+    feats = (best.site, best.layer, best.index, best.coef, best.intercept, best.mean, best.scale)
+    if config.refit:
+        X, bufs = refit_buffers(plan, len(best.kept_index), reader.layout.dtype)
+        read_features(reader, plan, row_maps, pool, best.kept_site, best.kept_layer, best.kept_index, out=bufs)
+        r = refit(solver, X, bufs[2], plan, best.entry["C"])
+        del X, bufs
+        stc.update(classification_metrics(y_te, r.test_decision, K))
+        stc["n_features"] = int(len(r.cols))
+        stc["no_refit"] = {"n_features": best.entry["n_features"], **trained}
+        c = r.cols
+        feats = (best.kept_site[c], best.kept_layer[c], best.kept_index[c], r.coef, r.intercept, r.mean, r.scale)
+    else:
+        stc.update(trained)
+    stc["refit"] = bool(config.refit)
+    stc["features_per_layer"] = _features_per_layer(stc["layers"], best.kept_site, best.kept_layer, feats[0], feats[1])
+    return stc, _artifact(feats, stc, config.label, plan.classes, reader, fp_hash)
 
 
 @contextmanager
@@ -411,7 +466,7 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
                bar: Any) -> tuple[list[dict[str, Any]], Optional[_Candidate]]:
     """Every eta (deduplicated) of one (site choice, pool): one batched fit over all k and C each.
 
-    Returns the scored configurations and the best of them (None when nothing was kept).
+    Returns the scored configurations and the front of those a selection rule could choose.
     """
     sites = ("hidden", "ffn") if choice == "both" else (choice,)
     layer_probes = {(s, l): probes[(s, pool, l)] for s in sites for l in range(n_layers[s])}
@@ -419,7 +474,7 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
     seen: set[tuple[int, ...]] = set()
     prev: Optional[tuple] = None        # (feature keys, mask index, coef, intercept) of the last eta
     entries: list[dict[str, Any]] = []
-    best: Optional[_Candidate] = None
+    front: list[_Candidate] = []
     for ei, eta in enumerate(etas):
         bar.update(1)
         counts = {key: int(p.counts[ei]) for key, p in layer_probes.items()}
@@ -457,32 +512,33 @@ def _aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: i
                          "val": float(val[u, c])}
                 entries.append(entry)
                 key = (*val_key(val[u, c], int(nnz[u, c])), nb, ci, pi, float(eta), float(C))
-                if best is None or key < best.key:
-                    best = _candidate(key, entry, design, umasks[u], coef[u, c], icpt[u, c], choice, k)
-    return entries, best
+                probe = _Candidate(key=key, entry=entry, coef=coef[u, c], intercept=icpt[u, c], site=None, layer=None,
+                                   index=None, mean=None, scale=None, kept_site=None, kept_layer=None, kept_index=None)
+                if _add(front, probe) is not front:   # on the front: keep its fit (copied off the design)
+                    front = _add(front, _candidate(key, entry, design, umasks[u], coef[u, c], icpt[u, c], choice, k))
+    return entries, front
 
 
 def _aggregate_path(exp: Experiment, choice: str, pool: str) -> Path:
     return exp.checkpoints / f"aggregate.{choice}.{pool}.safetensors"
 
 
-def _save_aggregate(exp: Experiment, choice: str, pool: str, entries: list, best: Optional[_Candidate]) -> None:
-    """Checkpoint one (site choice, pool) aggregation: its scored configurations and its best."""
-    arrays = {} if best is None else {k: np.asarray(getattr(best, k)) for k in _CANDIDATE_ARRAYS}
-    meta = {"entries": entries, "best": None if best is None else {"key": list(best.key), "entry": best.entry}}
+def _save_aggregate(exp: Experiment, choice: str, pool: str, entries: list, front: list[_Candidate]) -> None:
+    """Checkpoint one (site choice, pool) aggregation: its scored configurations and its front."""
+    arrays = {f"{i}.{k}": np.asarray(getattr(c, k)) for i, c in enumerate(front) for k in _CANDIDATE_ARRAYS}
+    meta = {"entries": entries, "front": [{"key": list(c.key), "entry": c.entry} for c in front]}
     save_checkpoint(_aggregate_path(exp, choice, pool), arrays, meta)
 
 
-def _load_aggregate(exp: Experiment, choice: str, pool: str) -> Optional[tuple[list, Optional[_Candidate]]]:
+def _load_aggregate(exp: Experiment, choice: str, pool: str) -> Optional[tuple[list, list[_Candidate]]]:
     """A checkpointed aggregation, or None when it has to be done."""
     got = load_checkpoint(_aggregate_path(exp, choice, pool))
     if got is None:
         return None
     arrays, meta = got
-    b = meta.get("best")
-    best = None if b is None else _Candidate(key=tuple(b["key"]), entry=b["entry"],
-                                             **{k: arrays[k] for k in _CANDIDATE_ARRAYS})
-    return meta["entries"], best
+    front = [_Candidate(key=tuple(c["key"]), entry=c["entry"], **{k: arrays[f"{i}.{k}"] for k in _CANDIDATE_ARRAYS})
+             for i, c in enumerate(meta["front"])]
+    return meta["entries"], front
 
 
 def _candidate(key: tuple, entry: dict, design: Design, mask: np.ndarray, coef: np.ndarray, icpt: np.ndarray,
@@ -493,22 +549,24 @@ def _candidate(key: tuple, entry: dict, design: Design, mask: np.ndarray, coef: 
     entry["layers"] = layers_for(choice, k)
     return _Candidate(
         key=key, entry=entry, coef=coef[:, nz].copy(), intercept=icpt.copy(),
-        X_test=np.ascontiguousarray(design.X_test[:, nz]),
         site=design.feature_site[nz], layer=design.feature_layer[nz], index=design.feature_index[nz],
         mean=design.mean[nz], scale=design.scale[nz],
         kept_site=design.feature_site[mask], kept_layer=design.feature_layer[mask],
+        kept_index=design.feature_index[mask],
     )
 
 
-def _features_per_layer(best: _Candidate) -> list[dict[str, Any]]:
+def _features_per_layer(layers: dict, kept_site: np.ndarray, kept_layer: np.ndarray, site: np.ndarray,
+                        layer: np.ndarray) -> list[dict[str, Any]]:
+    """Per layer entry of the chosen depth: neurons kept by eta, and nonzero in the classifier."""
     rows = []
-    for site_name, ls in best.entry["layers"].items():
+    for site_name, ls in layers.items():
         code = SITE_CODES[site_name]
         for l in ls:
             rows.append({
                 "site": site_name, "layer": int(l),
-                "kept": int(np.sum((best.kept_site == code) & (best.kept_layer == l))),
-                "nonzero": int(np.sum((best.site == code) & (best.layer == l))),
+                "kept": int(np.sum((kept_site == code) & (kept_layer == l))),
+                "nonzero": int(np.sum((site == code) & (layer == l))),
             })
     return rows
 
@@ -555,6 +613,8 @@ def _report(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
         "eta_grid": list(config.eta_grid),
         "n_configs": len(search),
         "test_scored": ["stc", "last_layer", "best_layer"],
+        "selection": config.selection,
+        "refit": config.refit,
         "cache": {"key": cache.key, "hits": cache.hits, "misses": cache.misses},
         "reused": {"layer_probes": fits.reused, "layer_probes_fitted": fits.fitted, "aggregations": resumed},
         "model": reader.meta.get("model"),
@@ -562,14 +622,15 @@ def _report(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     }
 
 
-def _artifact(best: _Candidate, stc: dict, label: str, classes: list, reader: RunReader, fp_hash: str) -> Any:
+def _artifact(feats: tuple, stc: dict, label: str, classes: list, reader: RunReader, fp_hash: str) -> Any:
     from ..classifier.artifact import ClassifierArtifact
 
+    site, layer, index, coef, intercept, mean, scale = feats
     return ClassifierArtifact(
         label=label, classes=list(classes), site=stc["site"], pool=stc["pool"], k=stc["k"], eta=stc["eta"],
         C=stc["C"], layers=stc["layers"], n_blocks=stc["n_blocks"],
-        coef=best.coef, intercept=best.intercept, scaler_mean=best.mean, scaler_scale=best.scale,
-        feature_site=best.site, feature_layer=best.layer, feature_index=best.index,
+        coef=coef, intercept=intercept, scaler_mean=mean, scaler_scale=scale,
+        feature_site=site, feature_layer=layer, feature_index=index,
         model=reader.meta.get("model") or {}, extract=reader.meta.get("extract") or {}, run=reader.name,
         fingerprint_hash=fp_hash,
         metrics={"val": stc["val"], "test": stc["test"], "macro_f1": stc["macro_f1"]},
