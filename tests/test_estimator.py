@@ -82,12 +82,15 @@ def test_unfitted_estimator_refuses_to_predict():
     ({}, ["a", "b"], [1.0, float("nan")], ConfigError),
     ({}, ["a", "b"], [[0], [1]], ConfigError),
     (dict(pools=("median",)), ["a", "b"], [0, 1], ConfigError),
+    (dict(c_grid="big"), ["a", "b"], [0, 1], ConfigError),
+    (dict(backend="gpu-magic"), ["a", "b"], [0, 1], ConfigError),
+    (dict(eta_grid=(1.5,)), ["a", "b"], [0, 1], ConfigError),
 ])
 def test_user_mistakes_fail_before_any_work(cache, kwargs, X, y, error):
     with pytest.raises(error) as got:
         STCClassifier(**{**QUICK, **kwargs}).fit(X, y)
     assert isinstance(got.value, UserError)
-    assert not (cache / "store.zarr").exists()
+    assert not cache.exists()           # nothing written, nothing extracted
 
 
 def test_x_val_without_y_val_is_refused(cache):

@@ -28,9 +28,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..config import DEFAULT_C_GRID, DEFAULT_ETA_GRID, POOLS, SITES, ExtractConfig, ProbeConfig
 from ..errors import ConfigError
+from ..extract.device import dtype_name, resolve_compute_dtype, resolve_device
 from .artifact import ClassifierArtifact
 from .features import as_texts, check_strings
-from .fit_store import (FIT_SPLIT, TEXT_COLUMN, assign_roles, cache_dir, clean_labels, run_name, texts_hash,
+from .fit_store import (TEXT_COLUMN, assign_roles, cache_dir, clean_labels, run_name, texts_hash,
                         write_fit_columns, write_texts)
 
 __all__ = ["STCClassifier", "REPORT_NAME"]
@@ -138,13 +139,18 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
                                   len(texts) + n_val_given, "y + y_val")
             texts = texts + val_texts
         self._check_sizes(n_val_given)
-        xcfg, store = self._extract_config(texts)
+        # every option is checked before any work: no extraction ends in a refused search setting
+        xcfg = self._extract_config()
+        pcfg = self._probe_config(xcfg)
+        digest = texts_hash(texts)
+        xcfg.run = run_name(xcfg.model, digest, self._extract_identity(xcfg))
+        xcfg.data = str(write_texts(texts, cache_dir(), digest))
         t_extract = time.perf_counter()
         extract(xcfg)
         t_extract = time.perf_counter() - t_extract
         roles = assign_roles(labels, n_val_given, self.val_size, self.test_size, self.seed)
-        cols = write_fit_columns(store, xcfg.run, labels, roles)
-        pcfg = self._probe_config(store, xcfg.run, cols.label, cols.split)
+        cols = write_fit_columns(xcfg.store, xcfg.run, labels, roles)
+        pcfg = _named(dataclasses.replace(pcfg, run=xcfg.run, label=cols.label, split_column=cols.split))
         try:
             result = run_probe(pcfg)
         except ConfigError:
@@ -153,12 +159,12 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
             from ..probe.experiment import SETTINGS_NAME
             from ..store.reader import RunReader
 
-            if not (RunReader(store, xcfg.run).probes_dir() / str(pcfg.name) / SETTINGS_NAME).is_file():
+            if not (RunReader(xcfg.store, xcfg.run).probes_dir() / str(pcfg.name) / SETTINGS_NAME).is_file():
                 raise
             log.info("replacing experiment %s, recorded with another stcstore's settings", pcfg.name)
             result = run_probe(dataclasses.replace(pcfg, overwrite=True))
         self._set_fitted(result.classifier, result.report)
-        self.store_, self.run_, self.experiment_ = store, xcfg.run, Path(result.path)
+        self.store_, self.run_, self.experiment_ = xcfg.store, xcfg.run, Path(result.path)
         self.split_ = roles
         self.fit_seconds_ = {"extract": t_extract, "total": time.perf_counter() - t0}
         return self
@@ -172,36 +178,32 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"val_size + test_size is {self.val_size + self.test_size:g}: leave rows to train on "
                               f"(their sum must be below 1)")
 
-    def _extract_config(self, texts: list[str]) -> tuple[ExtractConfig, str]:
-        """The checked extraction settings for these texts, and the store (texts written to the cache)."""
-        xcfg = ExtractConfig(
-            model=str(self.model), data="", store="", text_column=TEXT_COLUMN, columns=(), splits=None,
-            pools=tuple(self.pools), sites=tuple(self.sites), max_length=self.max_length, batch_size=self.batch_size,
+    def _extract_config(self) -> ExtractConfig:
+        """The checked extraction settings (data and run are filled in once the texts are written)."""
+        store = str(self.store) if self.store is not None else str(cache_dir() / "store.zarr")
+        return ExtractConfig(
+            model=str(self.model), data="", store=store, text_column=TEXT_COLUMN, columns=(), splits=None,
+            pools=self.pools, sites=self.sites, max_length=self.max_length, batch_size=self.batch_size,
             device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code, revision=self.revision,
             progress=bool(self.progress),
         ).validate()
-        cache = cache_dir()
-        digest = texts_hash(texts)
-        store = str(self.store) if self.store is not None else str(cache / "store.zarr")
-        settings = {k: getattr(xcfg, k) for k in ("pools", "sites", "max_length", "dtype", "revision")}
-        xcfg.run = run_name(xcfg.model, digest, settings)
-        xcfg.data = str(write_texts(texts, cache, digest))
-        xcfg.store = store
-        return xcfg, store
 
-    def _probe_config(self, store: str, run: str, label: str, split: str) -> ProbeConfig:
-        """The checked probe settings, in an experiment named by them and the fit's columns."""
-        pcfg = ProbeConfig(
-            store=store, label=label, run=run, split_column=split, backend=self.backend,
-            sites=tuple(self.sites), pools=tuple(self.pools), c_grid=tuple(self.c_grid),
-            eta_grid=tuple(self.eta_grid), seed=self.seed, device=self.device, progress=bool(self.progress),
-            plots=bool(self.plots), concat_baseline=bool(self.concat_baseline),
+    @staticmethod
+    def _extract_identity(xcfg: ExtractConfig) -> dict[str, Any]:
+        """What, beside the texts and the model, tells one fit's run from another's."""
+        settings = {k: getattr(xcfg, k) for k in ("pools", "sites", "max_length", "dtype", "revision")}
+        # `auto` means another precision on another device, and the run's fingerprint records it
+        settings["compute_dtype"] = dtype_name(resolve_compute_dtype(xcfg.dtype, resolve_device(xcfg.device)))
+        return settings
+
+    def _probe_config(self, xcfg: ExtractConfig) -> ProbeConfig:
+        """The checked probe settings (run, label and split column are filled in after extraction)."""
+        return ProbeConfig(
+            store=xcfg.store, label="-", backend=self.backend, sites=xcfg.sites, pools=xcfg.pools,
+            c_grid=_floats(self.c_grid, "c_grid"), eta_grid=_floats(self.eta_grid, "eta_grid"), seed=self.seed,
+            device=self.device, progress=bool(self.progress), plots=bool(self.plots),
+            concat_baseline=bool(self.concat_baseline),
         ).validate()
-        # same labels, roles and settings: the same experiment (returned finished on a refit)
-        ident = {k: v for k, v in dataclasses.asdict(pcfg).items()
-                 if k not in ("store", "name", "out", "progress", "plots", "fresh", "overwrite")}
-        h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return dataclasses.replace(pcfg, name=f"fit-{h}")
 
     def _set_fitted(self, artifact: ClassifierArtifact, report: Optional[dict]) -> None:
         self.artifact_ = artifact
@@ -275,6 +277,24 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         est._predictor = Predictor.from_artifact(art, device, where=str(path), batch_size=batch_size, progress=progress,
                                                  trust_remote_code=trust_remote_code, **est._load_options)
         return est
+
+
+def _named(pcfg: ProbeConfig) -> ProbeConfig:
+    """The probe settings in an experiment named by them: the same labels, roles and settings find
+    the same experiment (returned finished on a refit)."""
+    ident = {k: v for k, v in dataclasses.asdict(pcfg).items()
+             if k not in ("store", "name", "out", "progress", "plots", "fresh", "overwrite")}
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return dataclasses.replace(pcfg, name=f"fit-{h}")
+
+
+def _floats(values: Any, name: str) -> tuple[float, ...]:
+    """A grid parameter as a tuple of floats (one number is a grid of one)."""
+    items = [values] if isinstance(values, (int, float)) else values
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be numbers, e.g. (0.1, 1.0); got {values!r}") from None
 
 
 def _saved_report(folder: Path, art: ClassifierArtifact) -> Optional[dict]:
