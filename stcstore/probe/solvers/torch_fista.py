@@ -19,7 +19,10 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
 
     One matmul forward (X @ step) and one backward per iteration: the logits of the new point
     and of the extrapolated point are updated from the step's logits, and refreshed from
-    scratch at every gap check so float32 rounding cannot accumulate.
+    scratch at every gap check so float32 rounding cannot accumulate. Backtracking is per
+    problem and on the device: a problem whose step fails the decrease test stays where it is
+    with twice the curvature bound and tries again next iteration, so the host waits for the
+    device only at gap checks (no sync per iteration on CUDA).
     """
     tr = _Tracker(W * mask[:, None, :], b)
     stop = _StopRule(W.shape[0], tol, 5, 0.9, W.device)
@@ -35,9 +38,11 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
     Wy, by = Wx.clone(), bx.clone()
     t = torch.ones(len(idx), device=dev)
     Cf = C.float()
-    it = 0
+    it = since = 0
     while True:
         if it % check_every == 0:
+            tr.n_iter[_np(idx)] += since
+            since = 0
             ev = _evaluate(data, Wx, bx, C[idx], mask[idx])
             tr.record(idx, ev)
             tr.W[idx], tr.b[idx] = Wx, bx
@@ -57,33 +62,33 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
         gby = Ry.sum(0) * Cf[idx][:, None]
         Zy64 = Zy.double()
         loss_y = _loss64(data, Zy64)
-        while True:
-            Wn = _soft(Wy - Gy / L[:, None, None], 1.0 / L[:, None, None]) * maskf
-            bn = by - gby / L[:, None]
-            dW, dbb = Wn - Wy, bn - by
-            dZ = _logits(data, dW, dbb)
-            # f(x_new) - f(y) summed term by term in float64: exact enough to test at any scale
-            df = C[idx] * (_loss64(data, Zy64 + dZ.double()) - loss_y).sum(0)
-            quad = ((Gy * dW).sum(dim=(1, 2), dtype=torch.float64) + (gby * dbb).sum(1, dtype=torch.float64)
-                    + L.double() / 2 * ((dW * dW).sum(dim=(1, 2), dtype=torch.float64)
-                                        + (dbb * dbb).sum(1, dtype=torch.float64)))
-            bad = df > quad
-            if not bool(bad.any()):
-                break
-            L = torch.where(bad, 2 * L, L)
+        Wn = _soft(Wy - Gy / L[:, None, None], 1.0 / L[:, None, None]) * maskf
+        bn = by - gby / L[:, None]
+        dW, dbb = Wn - Wy, bn - by
+        dZ = _logits(data, dW, dbb)
+        # f(x_new) - f(y) summed term by term in float64: exact enough to test at any scale
+        df = C[idx] * (_loss64(data, Zy64 + dZ.double()) - loss_y).sum(0)
+        quad = ((Gy * dW).sum(dim=(1, 2), dtype=torch.float64) + (gby * dbb).sum(1, dtype=torch.float64)
+                + L.double() / 2 * ((dW * dW).sum(dim=(1, 2), dtype=torch.float64)
+                                    + (dbb * dbb).sum(1, dtype=torch.float64)))
+        ok = df <= quad
         Zn = Zy + dZ
         # restart the momentum where it points uphill (O'Donoghue & Candes gradient scheme)
         up = ((Wy - Wn) * (Wn - Wx)).sum(dim=(1, 2)) + ((by - bn) * (bn - bx)).sum(1) > 0
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         beta = torch.where(up, torch.zeros_like(t), (t - 1) / t_new)
         t_new = torch.where(up, torch.ones_like(t_new), t_new)
-        Wy = Wn + beta[:, None, None] * (Wn - Wx)
-        by = bn + beta[:, None] * (bn - bx)
-        Zy = Zn + beta[None, :, None] * (Zn - Zx)   # logits are linear in (W, b): no extra matmul
-        Wx, bx, Zx, t = Wn, bn, Zn, t_new
-        # let the step grow back where the curvature has dropped (the decrease test above is
-        # exact enough in float64 differences that this cannot creep into divergence)
-        L = L * 0.95
-        tr.n_iter[_np(idx)] += 1
+        # accepted problems move (logits are linear in (W, b): no extra matmul); rejected ones stay
+        okW, okb, okZ = ok[:, None, None], ok[:, None], ok[None, :, None]
+        Wy = torch.where(okW, Wn + beta[:, None, None] * (Wn - Wx), Wy)
+        by = torch.where(okb, bn + beta[:, None] * (bn - bx), by)
+        Zy = torch.where(okZ, Zn + beta[None, :, None] * (Zn - Zx), Zy)
+        Wx, bx, Zx = torch.where(okW, Wn, Wx), torch.where(okb, bn, bx), torch.where(okZ, Zn, Zx)
+        t = torch.where(ok, t_new, t)
+        # backtracking doubles the bound; after an accepted step, let it grow back where the
+        # curvature has dropped (the decrease test is exact enough in float64 differences that
+        # this cannot creep into divergence)
+        L = torch.where(ok, L * 0.95, 2 * L)
+        since += 1
         it += 1
     return tr.result(tol, "fista")
