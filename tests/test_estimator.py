@@ -85,6 +85,7 @@ def test_unfitted_estimator_refuses_to_predict():
     (dict(c_grid="big"), ["a", "b"], [0, 1], ConfigError),
     (dict(backend="gpu-magic"), ["a", "b"], [0, 1], ConfigError),
     (dict(eta_grid=(1.5,)), ["a", "b"], [0, 1], ConfigError),
+    (dict(selection="luck"), ["a", "b"], [0, 1], ConfigError),
 ])
 def test_user_mistakes_fail_before_any_work(cache, kwargs, X, y, error):
     with pytest.raises(error) as got:
@@ -123,9 +124,11 @@ def test_given_val_is_used_and_other_labels_reuse_the_activations(cache, tiny_mo
     assert counter.calls == first
     assert other.run_ == est.run_ and other.experiment_ != est.experiment_
     assert other.classes_.tolist() == [0, 1]
-    # a different seed carves other test rows from the same texts: still no forward
-    sklearn.base.clone(est).set_params(seed=6).fit(texts, y, X_val=val_texts, y_val=y_val)
+    # a different seed carves other test rows from the same texts, without the refit: still no forward
+    third = sklearn.base.clone(est).set_params(seed=6, refit=False).fit(texts, y, X_val=val_texts, y_val=y_val)
     assert counter.calls == first
+    assert est.report_["stc"]["refit"] is True and third.report_["stc"]["refit"] is False
+    assert (third.split_ != est.split_).any() and third.report_["n"] == est.report_["n"]
 
 
 def test_pipeline_and_cross_val_score_on_a_list_of_texts(cache, tiny_model):

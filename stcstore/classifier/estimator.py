@@ -54,6 +54,8 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
       seed         seeds the stratified carving of val and test from the texts
       val_size     share of the texts carved as the validation split (unless fit gets X_val)
       test_size    share held out as the report's test split (never seen by the search)
+      selection    how val picks the winner (as `probe --selection`: one_se or best)
+      refit        refit the winner on train + val (as `probe`; False: `--no-refit`)
       concat_baseline, plots  report extras (the concat baseline holds every layer in memory)
       trust_remote_code, revision, progress  as the command line's options
 
@@ -80,6 +82,8 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         seed: int = 0,
         val_size: float = 0.2,
         test_size: float = 0.2,
+        selection: str = "one_se",
+        refit: bool = True,
         concat_baseline: bool = True,
         plots: bool = False,
         trust_remote_code: bool = False,
@@ -100,6 +104,8 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.val_size = val_size
         self.test_size = test_size
+        self.selection = selection
+        self.refit = refit
         self.concat_baseline = concat_baseline
         self.plots = plots
         self.trust_remote_code = trust_remote_code
@@ -202,7 +208,7 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
             store=xcfg.store, label="-", backend=self.backend, sites=xcfg.sites, pools=xcfg.pools,
             c_grid=_floats(self.c_grid, "c_grid"), eta_grid=_floats(self.eta_grid, "eta_grid"), seed=self.seed,
             device=self.device, progress=bool(self.progress), plots=bool(self.plots),
-            concat_baseline=bool(self.concat_baseline),
+            concat_baseline=bool(self.concat_baseline), selection=self.selection, refit=bool(self.refit),
         ).validate()
 
     def _set_fitted(self, artifact: ClassifierArtifact, report: Optional[dict]) -> None:
