@@ -289,6 +289,11 @@ def _check_classifier(store: Path, exp: Path, rep: dict, refit: bool) -> None:
         pred = np.where(want[:, 0] > 0, "pos", "neg")
         # the report's numbers are those of this classifier on those rows
         assert rep["stc"][role] == pytest.approx(np.mean(pred == labels[role]), abs=1e-9)
+    from sklearn.metrics import roc_auc_score
+
+    assert rep["stc"]["roc_auc"] == pytest.approx(roc_auc_score(labels["test"] == "pos", want[:, 0]), abs=1e-6)
+    cm = rep["stc"]["confusion_matrix"]
+    assert cm[1][1] == int(np.sum((pred == "pos") & (labels["test"] == "pos")))
 
 
 def test_classifier_matches_numpy_recomputation(train_only):
@@ -326,8 +331,10 @@ def test_outputs_written_twice(experiment):
     exp, out = experiment["exp"], experiment["out"]
     for folder in (exp, out):
         names = {p.name for p in folder.iterdir()}
-        assert {"report.json", "search.json", "classifier", "accuracy_per_layer.png", "neurons_kept.png"} <= names
-        for png in ("accuracy_per_layer.png", "neurons_kept.png"):
+        assert {"report.json", "search.json", "classifier", "accuracy_per_layer.png", "neurons_kept.png",
+                "confusion_matrix.png"} <= names
+        assert not {"_checkpoints", "_probe.lock", "experiment.json"} & {p.name for p in out.iterdir()}
+        for png in ("accuracy_per_layer.png", "neurons_kept.png", "confusion_matrix.png"):
             assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report.json").read_text()) == experiment["report"]
     assert "exp1" in open_run(experiment["store"]).experiments()

@@ -58,7 +58,7 @@ def probe_cmd(
 ) -> None:
     """Probe every layer, sparsify, aggregate the first k layers; pick on val, score test once."""
     from ..config import ProbeConfig
-    from ..probe.report import render_table
+    from ..probe.report import render_class_table, render_table
     from ..probe.search import run_probe
 
     kwargs = dict(
@@ -81,5 +81,8 @@ def probe_cmd(
         out_console.print_json((result.path / "report.json").read_text(encoding="utf-8"))
     else:
         out_console.print(render_table(result.report))
+        classes = render_class_table(result.report)
+        if classes is not None:
+            out_console.print(classes)
     where = f"{result.path}" + (f" and {result.out}" if result.out else "")
     err_console.print(f"wrote {where}", highlight=False, soft_wrap=True)

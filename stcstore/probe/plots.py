@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["LAYERS_PNG", "KEPT_PNG", "plot_layers", "plot_kept", "write_plots"]
+__all__ = ["LAYERS_PNG", "KEPT_PNG", "CONFUSION_PNG", "plot_layers", "plot_kept", "plot_confusion", "write_plots"]
 
 LAYERS_PNG = "accuracy_per_layer.png"
 KEPT_PNG = "neurons_kept.png"
+CONFUSION_PNG = "confusion_matrix.png"
 
 
 def _pyplot():
@@ -68,7 +69,35 @@ def plot_kept(report: Mapping[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
+def plot_confusion(report: Mapping[str, Any], path: str | Path) -> Path:
+    """The STC classifier's confusion matrix on test (rows: true class, columns: predicted)."""
+    plt = _pyplot()
+    cm = report["stc"]["confusion_matrix"]
+    classes = [str(c) for c in report["classes"]]
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 1.8), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    top = max(max(row) for row in cm) or 1
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > 0.6 * top else "black")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(classes, rotation=30 if k > 3 else 0)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"STC on test: {100 * report['stc']['test']:.1f}% accurate", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_plots(report: Mapping[str, Any], folder: str | Path) -> list[Path]:
-    """Both plots into a folder; returns their paths."""
+    """Every plot into a folder; returns their paths."""
     folder = Path(folder)
-    return [plot_layers(report, folder / LAYERS_PNG), plot_kept(report, folder / KEPT_PNG)]
+    paths = [plot_layers(report, folder / LAYERS_PNG), plot_kept(report, folder / KEPT_PNG)]
+    if report["stc"].get("confusion_matrix"):
+        paths.append(plot_confusion(report, folder / CONFUSION_PNG))
+    return paths

@@ -19,6 +19,7 @@ __all__ = [
     "check_report",
     "write_json",
     "render_table",
+    "render_class_table",
 ]
 
 REPORT_KEYS = ("label", "classes", "n", "metric", "backend", "device", "stc", "baselines", "layers", "timing_s")
@@ -103,21 +104,50 @@ def render_table(report: Mapping[str, Any]):
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col, just in (("probe", "left"), ("site/pool", "left"), ("layers", "left"), ("eta", "right"),
                       ("C", "right"), ("feats", "right"), ("val %", "right"), ("test %", "right"),
-                      ("F1 %", "right")):
+                      ("F1 %", "right"), ("AUC %", "right")):
         table.add_column(col, justify=just, no_wrap=True)
     for name in BASELINE_NAMES:
         b = report.get("baselines", {}).get(name)
         if not b:
-            table.add_row(_ROW_NAMES[name], "skipped", "", "", "", "", "", "", "", style="dim")
+            table.add_row(_ROW_NAMES[name], "skipped", "", "", "", "", "", "", "", "", style="dim")
             continue
         table.add_row(_ROW_NAMES[name], f"{b.get('site')}/{b.get('pool')}", _layers_text(b), "",
                       f"{b.get('C'):g}", str(b.get("n_features")), _fmt(b.get("val")), _fmt(b.get("test")),
-                      _fmt(b.get("macro_f1")))
+                      _fmt(b.get("macro_f1")), _fmt(b.get("roc_auc")))
     s = report["stc"]
     table.add_row(
         "STC", f"{s['site']}/{s['pool']}", _layers_text(s), f"{s['eta']:g}", f"{s['C']:g}",
-        str(s["n_features"]), _fmt(s["val"]), _fmt(s["test"]), _fmt(s.get("macro_f1")), style="bold",
+        str(s["n_features"]), _fmt(s["val"]), _fmt(s["test"]), _fmt(s.get("macro_f1")), _fmt(s.get("roc_auc")),
+        style="bold",
     )
+    notes = []
+    if s.get("refit"):
+        notes.append(f"test: refit on train + val (train only: STC {_fmt(s['no_refit']['test'])}%)")
+    sel = s.get("selection") or {}
+    if sel.get("rule") == "one_se":
+        notes.append(f"chosen: simplest within one SE ({100 * sel['se']:.1f} pt) of the best val {_fmt(sel['best_val'])}%")
+    if notes:
+        table.caption = "; ".join(notes)
+        table.caption_justify = "left"
+    return table
+
+
+def render_class_table(report: Mapping[str, Any]):
+    """Per-class precision, recall and F1 of the STC classifier on test, and its confusion matrix row."""
+    from rich import box
+    from rich.table import Table
+
+    s = report["stc"]
+    if "precision" not in s:
+        return None
+    table = Table(title="STC per class on test (rows: true class)", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    classes = [str(c) for c in report.get("classes", [])]
+    for col in ("class", "precision %", "recall %", "F1 %", *(f"-> {c}" for c in classes)):
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
+    for i, c in enumerate(classes):
+        table.add_row(c, _fmt(s["precision"][i]), _fmt(s["recall"][i]), _fmt(s["f1"][i]),
+                      *(str(n) for n in s["confusion_matrix"][i]))
     return table
 
 
