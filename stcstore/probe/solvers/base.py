@@ -27,6 +27,7 @@ __all__ = [
     "predict_labels",
     "check_inputs",
     "check_init",
+    "intercept_only",
 ]
 
 
@@ -136,6 +137,15 @@ def check_init(init: Optional[Any], n_masks: int, n_C: int, n_out: int, d: int
     if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(icpt))):
         raise DataError("init has NaN or infinite values")
     return coef, icpt
+
+
+def intercept_only(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Optimal intercept with no features: the log-odds (binary) or centred log-priors."""
+    p = np.bincount(y, minlength=n_classes) / len(y)
+    if n_classes == 2:
+        return np.array([np.log(p[1] / p[0])])
+    lp = np.log(p)
+    return lp - lp.mean()
 
 
 def _as_2d_coef(coef: np.ndarray, intercept: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import DataError, MissingDependencyError
-from .base import PathFit, Solver, check_init, check_inputs, l1_logistic_objective, n_outputs
+from .base import PathFit, Solver, check_init, check_inputs, intercept_only, l1_logistic_objective, n_outputs
 
 __all__ = ["SklearnSolver"]
 
@@ -80,7 +80,7 @@ class SklearnSolver(Solver):
             Xm = np.ascontiguousarray(X[:, cols] if len(cols) < d else X, dtype=np.float64)
             for ci, C in enumerate(Cs_t):
                 if len(cols) == 0:  # no feature allowed: the intercept-only model
-                    b = _intercept_only(y, n_classes)
+                    b = intercept_only(y, n_classes)
                     icpt[mi, ci] = b
                     obj[mi, ci] = l1_logistic_objective(np.zeros((n, 1)), y, n_classes,
                                                         np.zeros((k_out, 1)), b, C)
@@ -98,15 +98,6 @@ class SklearnSolver(Solver):
             del Xm
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t,
                        rel_gap=np.full((M, nC), np.nan))
-
-
-def _intercept_only(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Optimal intercept with no features: the log-odds (binary) or centred log-priors."""
-    p = np.bincount(y, minlength=n_classes) / len(y)
-    if n_classes == 2:
-        return np.array([np.log(p[1] / p[0])])
-    lp = np.log(p)
-    return lp - lp.mean()
 
 
 def _to_numpy(X: Any) -> np.ndarray:
