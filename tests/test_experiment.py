@@ -27,13 +27,15 @@ ARGS = ["--label", "sentiment", "--split-column", "fold", "--name", "e", "--c-gr
 # a real probe, with each solver call slowed down so that a kill lands where the test wants it
 _SLOW = """
 import sys, time
-import stcstore.probe.baselines as b, stcstore.probe.search as s
+import stcstore.probe.blocks as blocks
+from stcstore.probe import baselines, candidates, layer_probes, refit
 delay = float(sys.argv[1])
-real = s.fit_path
+real = blocks.fit_path
 def slow(*a, **k):
     time.sleep(delay)
     return real(*a, **k)
-s.fit_path = b.fit_path = slow
+for m in (baselines, candidates, layer_probes, refit):
+    m.fit_path = slow
 from stcstore.cli import app
 app(sys.argv[2:])
 """

@@ -123,7 +123,7 @@ def experiment(tmp_path_factory):
     if not _solver_available():
         pytest.skip("stcstore.probe.solvers not installed yet")
     import stcstore.probe.baselines as baselines
-    import stcstore.probe.search as search
+    import stcstore.probe.scoring as search
 
     base = tmp_path_factory.mktemp("probe")
     store = build_store(base / "s.zarr", {"train": 700, "extra": 200})

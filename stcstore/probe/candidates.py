@@ -1,0 +1,167 @@
+"""Aggregation over depths: per (site choice, pool), every eta's kept-feature design fitted over all
+depths k and C at once, and the front of configurations a selection rule could choose.
+
+A configuration that another beats on val, simplicity (blocks, features) and rank at once can
+never be chosen, so each aggregation keeps its scored table and that front only, with each
+front member's fit on its nonzero columns (no rows: the chosen one's rows are read again at
+the end). Both are checkpointed in the experiment folder, so a resumed search skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .aggregate import (
+    Design,
+    build_design,
+    carry_solutions,
+    feature_keys,
+    k_values,
+    layers_for,
+    n_blocks,
+    nested_masks,
+    unique_rows,
+)
+from .blocks import fit_path, labels_from_decision, val_key
+from .checkpoints import load_checkpoint, save_checkpoint
+from .experiment import Experiment
+from .selection import pareto_add
+
+__all__ = ["Candidate", "CANDIDATE_ARRAYS", "add_to_front", "aggregate", "save_aggregate", "load_aggregate"]
+
+
+@dataclass
+class Candidate:
+    """An aggregated config that a selection rule may choose: its fit on its nonzero columns.
+
+    No rows are kept: the chosen one's test (and, to refit, train and val) columns are read
+    again from the store at the end.
+    """
+
+    key: tuple                # (-val, n_features, n_blocks, choice, pool, eta, C): rank for `best`
+    entry: dict[str, Any]
+    coef: np.ndarray          # (n_out, F_nz)
+    intercept: np.ndarray     # (n_out,)
+    site: np.ndarray          # (F_nz,) nonzero features: site code, layer entry, neuron
+    layer: np.ndarray
+    index: np.ndarray
+    mean: np.ndarray          # (F_nz,) train statistics
+    scale: np.ndarray
+    kept_site: np.ndarray     # the mask's columns (features fed to the final probe)
+    kept_layer: np.ndarray
+    kept_index: np.ndarray
+
+    @property
+    def val(self) -> float:
+        return self.entry["val"]
+
+    @property
+    def simplicity(self) -> tuple:
+        return (self.entry["n_blocks"], self.entry["n_features"])
+
+
+CANDIDATE_ARRAYS = ("coef", "intercept", "site", "layer", "index", "mean", "scale", "kept_site", "kept_layer",
+                     "kept_index")
+
+
+def add_to_front(front: list, cand: "Candidate") -> list:
+    return pareto_add(front, cand, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key)
+
+
+def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: int, n_layers: dict[str, int],
+               etas: Sequence[float], Cs: Sequence[float], y_tr: np.ndarray, y_va: np.ndarray, K: int,
+               bar: Any) -> tuple[list[dict[str, Any]], Optional[Candidate]]:
+    """Every eta (deduplicated) of one (site choice, pool): one batched fit over all k and C each.
+
+    Returns the scored configurations and the front of those a selection rule could choose.
+    """
+    sites = ("hidden", "ffn") if choice == "both" else (choice,)
+    layer_probes = {(s, l): probes[(s, pool, l)] for s in sites for l in range(n_layers[s])}
+    ks = k_values(choice, n_layers)
+    seen: set[tuple[int, ...]] = set()
+    prev: Optional[tuple] = None        # (feature keys, mask index, coef, intercept) of the last eta
+    entries: list[dict[str, Any]] = []
+    front: list[Candidate] = []
+    for ei, eta in enumerate(etas):
+        bar.update(1)
+        counts = {key: int(p.counts[ei]) for key, p in layer_probes.items()}
+        sig = tuple(counts[key] for key in sorted(counts))
+        if sig in seen:  # same kept sets as a smaller eta: same fits, smaller eta already won ties
+            continue
+        seen.add(sig)
+        design = build_design(layer_probes, choice, counts)
+        if design.n_features == 0:
+            continue
+        masks = nested_masks(design.feature_site, design.feature_layer, choice, ks)
+        umasks, index = unique_rows(masks)
+        if len(umasks) == 0:
+            continue
+        keys = feature_keys(design)
+        init = None if prev is None else carry_solutions(*prev, keys, index)
+        coef, icpt = fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init)
+        if solver.uses_init:
+            # the next eta's design holds these columns and more: these solutions start its fits
+            prev = (keys, index, coef, icpt)
+        U, nC, n_out, F = coef.shape
+        dec = design.X_val @ coef.reshape(U * nC * n_out, F).T + icpt.reshape(-1)
+        pred = labels_from_decision(dec.reshape(len(y_va), U, nC, n_out))
+        val = (pred == y_va[:, None, None]).mean(axis=0)                 # (U, nC)
+        nnz = np.any(coef != 0, axis=2).sum(axis=-1)                     # (U, nC)
+        n_kept = umasks.sum(axis=1)
+        for kk, k in enumerate(ks):
+            u = index[kk]
+            if u < 0:
+                continue
+            for c, C in enumerate(Cs):
+                nb = n_blocks(choice, k)
+                entry = {"site": choice, "pool": pool, "eta": float(eta), "k": int(k), "C": float(C),
+                         "n_blocks": nb, "n_kept": int(n_kept[u]), "n_features": int(nnz[u, c]),
+                         "val": float(val[u, c])}
+                entries.append(entry)
+                key = (*val_key(val[u, c], int(nnz[u, c])), nb, ci, pi, float(eta), float(C))
+                probe = Candidate(key=key, entry=entry, coef=coef[u, c], intercept=icpt[u, c], site=None, layer=None,
+                                   index=None, mean=None, scale=None, kept_site=None, kept_layer=None, kept_index=None)
+                if add_to_front(front, probe) is not front:   # on the front: keep its fit (copied off the design)
+                    front = add_to_front(front, _candidate(key, entry, design, umasks[u], coef[u, c], icpt[u, c], choice, k))
+    return entries, front
+
+
+def _aggregate_path(exp: Experiment, choice: str, pool: str) -> Path:
+    return exp.checkpoints / f"aggregate.{choice}.{pool}.safetensors"
+
+
+def save_aggregate(exp: Experiment, choice: str, pool: str, entries: list, front: list[Candidate]) -> None:
+    """Checkpoint one (site choice, pool) aggregation: its scored configurations and its front."""
+    arrays = {f"{i}.{k}": np.asarray(getattr(c, k)) for i, c in enumerate(front) for k in CANDIDATE_ARRAYS}
+    meta = {"entries": entries, "front": [{"key": list(c.key), "entry": c.entry} for c in front]}
+    save_checkpoint(_aggregate_path(exp, choice, pool), arrays, meta)
+
+
+def load_aggregate(exp: Experiment, choice: str, pool: str) -> Optional[tuple[list, list[Candidate]]]:
+    """A checkpointed aggregation, or None when it has to be done."""
+    got = load_checkpoint(_aggregate_path(exp, choice, pool))
+    if got is None:
+        return None
+    arrays, meta = got
+    front = [Candidate(key=tuple(c["key"]), entry=c["entry"], **{k: arrays[f"{i}.{k}"] for k in CANDIDATE_ARRAYS})
+             for i, c in enumerate(meta["front"])]
+    return meta["entries"], front
+
+
+def _candidate(key: tuple, entry: dict, design: Design, mask: np.ndarray, coef: np.ndarray, icpt: np.ndarray,
+               choice: str, k: int) -> Candidate:
+    """Keep only the winner-so-far's nonzero columns (the design itself is dropped after the fit)."""
+    nz = np.flatnonzero(np.any(coef != 0, axis=0))
+    entry = dict(entry)
+    entry["layers"] = layers_for(choice, k)
+    return Candidate(
+        key=key, entry=entry, coef=coef[:, nz].copy(), intercept=icpt.copy(),
+        site=design.feature_site[nz], layer=design.feature_layer[nz], index=design.feature_index[nz],
+        mean=design.mean[nz], scale=design.scale[nz],
+        kept_site=design.feature_site[mask], kept_layer=design.feature_layer[mask],
+        kept_index=design.feature_index[mask],
+    )
