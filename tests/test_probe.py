@@ -444,3 +444,16 @@ def test_peak_memory_does_not_grow_with_rows(tmp_path):
     print(f"peak RSS {peaks[N] / 2**20:.0f} MiB (N) vs {peaks[4 * N] / 2**20:.0f} MiB (4N); "
           f"growth {growth / 2**20:.1f} MiB, one block {block / 2**20:.1f} MiB")
     assert growth < block
+
+
+def test_test_predictions_are_those_the_report_scores(experiment):
+    rep = experiment["report"]
+    preds = json.loads((experiment["exp"] / "test_predictions.json").read_text())
+    y = np.array(preds["y"])
+    assert preds["classes"] == rep["classes"] and len(y) == rep["n"]["test"]
+    entries = {"stc": rep["stc"], **rep["baselines"]}
+    assert set(preds["models"]) == set(entries) | {f"{k}_no_refit" for k in entries}
+    for name, entry in entries.items():
+        assert entry["test"] == pytest.approx(np.mean(np.array(preds["models"][name]) == y), abs=1e-12)
+        assert entry["no_refit"]["test"] == pytest.approx(
+            np.mean(np.array(preds["models"][f"{name}_no_refit"]) == y), abs=1e-12)

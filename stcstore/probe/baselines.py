@@ -52,8 +52,9 @@ def baseline_picks(probes: dict, sites: Sequence[str], pools: Sequence[str], n_l
 
 def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_layers: dict[str, int],
                     reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache, solver: Any,
-                    rule: str, refit: bool) -> dict[str, dict[str, Any]]:
-    """last_layer and best_layer entries, each scored once on test (train fit, and refit)."""
+                    rule: str, refit: bool, preds: dict) -> dict[str, dict[str, Any]]:
+    """last_layer and best_layer entries, each scored once on test (train fit, and refit); their
+    test predictions go into `preds`."""
     out = {}
     K, y_te = plan.n_classes, plan.y["test"]
     picks = baseline_picks(probes, sites, pools, n_layers, rule, plan.n("val"))
@@ -62,7 +63,9 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
                  "val": p.val, "selection": info}
         te = load_block(reader, plan, row_maps, p.site, p.pool, p.layer, cache, roles=(2,)).T
         X_test = standardize_columns(te, p.order, p.mean, p.scale)
-        trained = classification_metrics(y_te, X_test @ p.coef[:, p.order].T + p.intercept, K)
+        dec = X_test @ p.coef[:, p.order].T + p.intercept
+        trained = classification_metrics(y_te, dec, K)
+        preds[f"{name}_no_refit" if refit else name] = labels_from_decision(dec)
         del te, X_test
         if refit:
             d = reader.width(p.site)
@@ -71,6 +74,7 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
             r = refit_cols(solver, X, bufs[2], plan, p.C)
             del X, bufs
             entry.update(classification_metrics(y_te, r.test_decision, K))
+            preds[name] = labels_from_decision(r.test_decision)
             entry["no_refit"] = {"n_features": p.n_nonzero, **trained}
             entry["n_features"] = int(len(r.cols))
         else:
@@ -81,7 +85,8 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
 
 
 def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache,
-                    site: str, pool: str, L: int, Cs: Sequence[float], rule: str, refit: bool) -> dict[str, Any]:
+                    site: str, pool: str, L: int, Cs: Sequence[float], rule: str, refit: bool,
+                    preds: dict) -> dict[str, Any]:
     """Every layer of one site/pool side by side (memory grows with the number of layers, by definition)."""
     K, y_tr, y_va, y_te = plan.n_classes, plan.y["train"], plan.y["val"], plan.y["test"]
     d = reader.width(site)
@@ -107,7 +112,9 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
     ci, runner_up, info = choose(list(range(len(Cs))), lambda i: float(val[i]), lambda i: (nnz[i],),
                                  lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
     info["runner_up"] = None if runner_up is None else {"C": float(Cs[runner_up]), "val": float(val[runner_up])}
-    trained = classification_metrics(y_te, Ts @ coef[ci].T + icpt[ci], K)
+    dec = Ts @ coef[ci].T + icpt[ci]
+    trained = classification_metrics(y_te, dec, K)
+    preds["all_layers_concat_no_refit" if refit else "all_layers_concat"] = labels_from_decision(dec)
     del Ts
     entry = {"site": site, "pool": pool, "layers": {site: list(range(L))}, "C": float(Cs[ci]),
              "n_features": nnz[ci], "val": float(val[ci]), "selection": info, "refit": refit}
@@ -122,6 +129,7 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
     r = refit_cols(solver, X, bufs[2], plan, float(Cs[ci]))
     del X, bufs
     entry.update(classification_metrics(y_te, r.test_decision, K))
+    preds["all_layers_concat"] = labels_from_decision(r.test_decision)
     entry["no_refit"] = {"n_features": nnz[ci], **trained}
     entry["n_features"] = int(len(r.cols))
     return entry

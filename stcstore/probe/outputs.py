@@ -10,25 +10,33 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ConfigError, StoreError
 from .experiment import REPORT_NAME
 from .report import write_json
 
-__all__ = ["SEARCH_NAME", "CLASSIFIER_DIR", "write_outputs", "load_outputs", "copy_out"]
+__all__ = ["SEARCH_NAME", "PREDICTIONS_NAME", "CLASSIFIER_DIR", "write_outputs", "load_outputs", "copy_out"]
 
 log = logging.getLogger(__name__)
 
 SEARCH_NAME = "search.json"
+PREDICTIONS_NAME = "test_predictions.json"
 CLASSIFIER_DIR = "classifier"
 
 
-def write_outputs(folder: Path, report: dict, search: list, artifact: Any, plots: bool) -> Path:
-    """Write classifier/, search.json, plots and (last) report.json into an experiment folder."""
+def write_outputs(folder: Path, report: dict, search: list, artifact: Any, plots: bool,
+                  predictions: Optional[dict] = None) -> Path:
+    """Write classifier/, search.json, test_predictions.json, plots and (last) report.json into a folder.
+
+    `predictions`: {"classes", "y": true class indices of the test rows, "models": name -> predicted
+    indices}, for error analysis and confidence intervals over the test rows.
+    """
     try:
         artifact.save(folder / CLASSIFIER_DIR)
         write_json(search, folder / SEARCH_NAME)
+        if predictions is not None:
+            write_json(predictions, folder / PREDICTIONS_NAME)
         if plots:
             from .plots import write_plots
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..config import ProbeConfig
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
-from .blocks import read_features
+from .blocks import labels_from_decision, read_features
 from .candidates import Candidate
 from .metrics import classification_metrics
 from .refit import refit, refit_buffers
@@ -25,15 +25,18 @@ def public_entry(entry: dict) -> dict:
 
 
 def score_stc(best: Candidate, config: ProbeConfig, reader: RunReader, plan: SplitPlan, row_maps: dict,
-               solver: Any, fp_hash: str) -> tuple[dict[str, Any], Any]:
+              solver: Any, fp_hash: str, preds: dict) -> tuple[dict[str, Any], Any]:
     """The chosen config's report entry and classifier: the train fit scored on test, and (unless
-    --no-refit) the refit on train + val, which becomes the classifier and the quoted test score."""
+    --no-refit) the refit on train + val, which becomes the classifier and the quoted test score.
+
+    Each model's test predictions go into `preds` (name -> class indices)."""
     K, y_te = plan.n_classes, plan.y["test"]
     pool = best.entry["pool"]
     stc = dict(best.entry)
     _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index)
     dec = standardize_columns(te, np.arange(te.shape[1]), best.mean, best.scale) @ best.coef.T + best.intercept
     trained = classification_metrics(y_te, dec, K)
+    preds["stc_no_refit" if config.refit else "stc"] = labels_from_decision(dec)
     feats = (best.site, best.layer, best.index, best.coef, best.intercept, best.mean, best.scale)
     if config.refit:
         X, bufs = refit_buffers(plan, len(best.kept_index), reader.layout.dtype)
@@ -41,6 +44,7 @@ def score_stc(best: Candidate, config: ProbeConfig, reader: RunReader, plan: Spl
         r = refit(solver, X, bufs[2], plan, best.entry["C"])
         del X, bufs
         stc.update(classification_metrics(y_te, r.test_decision, K))
+        preds["stc"] = labels_from_decision(r.test_decision)
         stc["n_features"] = int(len(r.cols))
         stc["no_refit"] = {"n_features": best.entry["n_features"], **trained}
         c = r.cols

@@ -265,12 +265,13 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     n_val = plan.n("val")
     best, runner_up, rule = choose(front, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key,
                                    config.selection, n_val)
+    preds: dict[str, Any] = {}          # every reported model's test predictions
     with timer("test"):
-        stc, artifact = score_stc(best, config, reader, plan, row_maps, solver, fp_hash)
+        stc, artifact = score_stc(best, config, reader, plan, row_maps, solver, fp_hash, preds)
     stc["selection"] = {**rule, "runner_up": None if runner_up is None else public_entry(runner_up.entry)}
     with timer("baselines"):
         baselines: dict[str, Any] = layer_baselines(probes, sites, pools, n_layers, reader, plan, row_maps, cache,
-                                                    solver, config.selection, config.refit)
+                                                    solver, config.selection, config.refit, preds)
     baselines["all_layers_concat"] = None
 
     # -- 4. report and classifier first; the concat baseline (optional, memory-hungry) after --------
@@ -279,7 +280,8 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     if want_concat:
         report["pending"] = ["all_layers_concat"]
     # plots are an extra too: drawn once, with the final report
-    write_outputs(exp.path, report, search, artifact, config.plots and not want_concat)
+    predictions = {"classes": plan.classes, "y": plan.y["test"], "models": preds}
+    write_outputs(exp.path, report, search, artifact, config.plots and not want_concat, predictions)
     if want_concat:
         b = baselines["best_layer"]
         too_big = _concat_too_big(solver, config, plan, reader.width(b["site"]) * n_layers[b["site"]])
@@ -293,11 +295,11 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
             with timer("concat_baseline"), out_of_memory_as(oom):
                 report["baselines"]["all_layers_concat"] = _concat_baseline(
                     solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], config.c_grid,
-                    config.selection, config.refit)
+                    config.selection, config.refit, preds)
             report["test_scored"].append("all_layers_concat")
         report.pop("pending")
         report["timing_s"] = _timings(timer, t_start)
-        write_outputs(exp.path, report, search, artifact, config.plots)
+        write_outputs(exp.path, report, search, artifact, config.plots, predictions)
     return report, search, artifact
 
 
