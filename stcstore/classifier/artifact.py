@@ -207,7 +207,7 @@ class ClassifierArtifact:
 
     def save(self, path: str | Path) -> Path:
         """Write the folder (replacing an existing one); files land together via a temp folder."""
-        from safetensors.numpy import save_file
+        from ..tensorfile import save_tensors
 
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -216,7 +216,7 @@ class ClassifierArtifact:
         tmp.mkdir(parents=True)
         tensors = {key: np.ascontiguousarray(getattr(self, key), dtype=np.float32) for key in _FLOAT_KEYS}
         tensors.update({key: np.ascontiguousarray(getattr(self, key), dtype=np.int64) for key in _INT_KEYS})
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format_version": str(self.format_version)})
+        save_tensors(tensors, tmp / WEIGHTS_NAME, metadata={"format_version": str(self.format_version)})
         (tmp / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2, default=_json_default) + "\n", encoding="utf-8")
         if path.exists():
             shutil.rmtree(path)

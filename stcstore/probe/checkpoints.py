@@ -33,13 +33,13 @@ LAYER_FIT_SUBDIR = "layer_probes"
 
 def save_checkpoint(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     """Write arrays and a JSON document as one file, atomically (temp file + rename)."""
-    from safetensors.numpy import save_file
+    from ..tensorfile import save_tensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

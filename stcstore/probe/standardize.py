@@ -166,19 +166,19 @@ class StatsCache:
         """Store one block's scaler; a read-only store only logs a warning."""
         if not self.enabled:
             return
-        from safetensors.numpy import save_file
+        from ..tensorfile import save_tensors
 
         path = self._path(site, pool, layer)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(
+            save_tensors(
                 {
                     "mean": np.ascontiguousarray(scaler.mean_, dtype=np.float64),
                     "var": np.ascontiguousarray(scaler.var_, dtype=np.float64),
                     "count": np.array([scaler.n_samples_seen_], dtype=np.int64),
                 },
-                str(tmp),
+                tmp,
                 metadata={"site": site, "pool": pool, "layer": str(layer), "key": self.key},
             )
             os.replace(tmp, path)
