@@ -10,6 +10,7 @@ import zarr
 
 from ..errors import IncompleteRunError, StoreNotFoundError
 from .layout import N_TOKENS, PROBES_DIR, ROW_ID, RUN_ATTR, array_path, column_path
+from .codecs import pool_checksums
 from .progress import committed_windows, window_records
 from .quiet import quiet_zarr
 from .root import open_root, resolve_run
@@ -107,7 +108,8 @@ class RunReader:
         self._check_site(site)
         if pool not in self.pools:
             raise StoreNotFoundError(f"pool {pool!r} not in run {self.name!r} (pools: {','.join(self.pools)})")
-        return self.group[array_path(split, site, pool)]
+        with pool_checksums():  # checksums of a read's chunks verified in parallel
+            return self.group[array_path(split, site, pool)]
 
     def read(self, split: str, site: str, pool: str, layer: int | None = None, rows: Any = slice(None)) -> np.ndarray:
         """One array as NumPy: every layer, or one layer's (rows, width) block."""

@@ -18,8 +18,10 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from ..errors import DamagedRunError
+from .codecs import pool_checksums
 from .layout import N_TOKENS, ROW_ID, array_path
 from .lock import WriterLock
 from .progress import committed_windows, uncommit_window
@@ -126,7 +128,7 @@ def require_chunks(reader: RunReader) -> None:
 
 
 def _is_checksummed(arr: zarr.Array) -> bool:
-    return any(type(c).__name__ == "Crc32cCodec" for c in arr.compressors)
+    return any(isinstance(c, Crc32cCodec) for c in arr.compressors)
 
 
 def _decode_problem(read: Callable[[], np.ndarray], check_finite: bool) -> Optional[str]:
@@ -151,7 +153,8 @@ def verify_run(reader: RunReader, progress: Optional[Callable[[int], None]] = No
     checksummed = True
     with quiet_zarr():
         for split, path, layered in _targets(reader):
-            arr = reader.group[path]
+            with pool_checksums():
+                arr = reader.group[path]
             checksummed &= _is_checksummed(arr) or not layered
             finite = layered  # activations: extract refuses non-finite values before committing
             for w in committed[split]:

@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from ..errors import FingerprintMismatchError
+from .codecs import pool_checksums
 from .fingerprint import fingerprint_diff, fingerprint_hash
 from .layout import (
     LOCK_FILE,
@@ -151,6 +152,10 @@ class RunWriter:
         self._bind_arrays()
 
     def _bind_arrays(self) -> None:
+        with pool_checksums():
+            self._bind_arrays_now()
+
+    def _bind_arrays_now(self) -> None:
         lay = self.layout
         for split in lay.splits:
             for site in lay.sites:
@@ -176,6 +181,9 @@ class RunWriter:
     def write_arrays(self, split: str, window: int, pooled: Mapping[tuple[str, str], np.ndarray]) -> None:
         """Write some (site, pool) arrays of one window; it stays uncommitted until finish_window."""
         start, stop = self.layout.window_bounds(split, window)
+        # one call per array: zarr compresses, checksums (codecs.py) and writes its chunks (one
+        # per layer) concurrently on its thread pool (zarr config threading.max_workers, default
+        # cores + 4), so the writer uses every host core (benchmarks/store_ingest.py)
         for (site, pool), values in pooled.items():
             self._arrays[(split, site, pool)][:, start:stop, :] = values
 
