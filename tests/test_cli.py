@@ -183,3 +183,11 @@ def test_extract_summary_rate_is_the_progress_rate(tmp_path, tiny_model, review_
     assert "150/150 row" in bar
     # the same rows over the same clock (model loading is in neither); rounding to 0.1 aside
     assert abs(summary_rate - bar_rate) <= 0.02 * bar_rate + 0.1, (bar, summary)
+
+
+def test_version():
+    import importlib.metadata
+
+    r = cli("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"stcstore {importlib.metadata.version('stcstore')}"
