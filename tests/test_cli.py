@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,10 +108,7 @@ def test_mistyped_alias_without_network_fails_fast(tmp_path, args, hint):
 FRESH_PATH = "/usr/bin:/bin"
 
 
-def _fresh_shell(command: str, cwd: Path) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-
+def _fresh_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = FRESH_PATH
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
