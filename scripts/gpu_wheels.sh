@@ -35,8 +35,8 @@ for r in reqs:
     name = re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].strip().lower()
     if name not in no_deps:
         print(r)
-# accelerate's own dependencies but torch
-for r in ("pyyaml", "huggingface_hub", "safetensors", "psutil", "packaging", "numpy"):
+# accelerate's own dependencies but torch; setuptools, which torch requires (an old one may be there)
+for r in ("pyyaml", "huggingface_hub", "safetensors", "psutil", "packaging", "numpy", "setuptools>=77"):
     print(r)
 EOF
 )

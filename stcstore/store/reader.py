@@ -9,8 +9,8 @@ import numpy as np
 import zarr
 
 from ..errors import IncompleteRunError, StoreNotFoundError
-from .layout import N_TOKENS, PROBES_DIR, ROW_ID, RUN_ATTR, array_path, column_path
 from .codecs import pool_checksums
+from .layout import N_TOKENS, PROBES_DIR, ROW_ID, RUN_ATTR, array_path, column_path
 from .progress import committed_windows, window_records
 from .quiet import quiet_zarr
 from .root import open_root, resolve_run
