@@ -178,6 +178,26 @@ def test_torch_solver_memory_budget_chunks_on_cuda():
         assert abs(f - f_ref) <= 1e-3 * f_ref, (C, f, f_ref)
 
 
+def test_probe_with_a_small_device_budget_on_cuda_picks_the_same_classifier(tmp_path):
+    """`probe --device cuda --memory-budget 256KiB` (below the concat design, near one fit's): the same winner."""
+    from stcstore.config import ProbeConfig
+    from stcstore.probe import run_probe
+    from test_probe import build_store
+
+    store = build_store(tmp_path / "s.zarr", {"train": 1200}, sites=("hidden", "ffn"), pools=("mean",))
+    reports = {}
+    for name, budget in (("free", None), ("tight", "256KiB")):
+        cfg = ProbeConfig(store=str(store), label="sentiment", split_column="fold", backend="torch", device="cuda",
+                          name=name, c_grid=(0.03, 0.3), eta_grid=(0.5, 1.0), memory_budget=budget,
+                          progress=False, plots=False)
+        reports[name] = run_probe(cfg).report
+    free, tight = reports["free"]["stc"], reports["tight"]["stc"]
+    assert reports["tight"]["device"].startswith("cuda")
+    for key in ("site", "pool", "eta", "k", "C", "n_features"):
+        assert tight[key] == free[key], key
+    assert tight["val"] == pytest.approx(free["val"], abs=1e-9) and tight["test"] == pytest.approx(free["test"], abs=1e-9)
+
+
 def test_cuml_matches_sklearn():
     pytest.importorskip("cuml")
     from stcstore.probe.solvers import l1_logistic_objective
