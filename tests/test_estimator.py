@@ -218,6 +218,15 @@ def test_save_load_gives_the_same_predictions(fitted, rt_rows, tmp_path):
     np.testing.assert_array_equal(back.predict_proba(new), fitted.predict_proba(new))
     assert back.report_ == fitted.report_ and back.classes_.tolist() == fitted.classes_.tolist()
     assert back.n_layers_used_ == fitted.n_layers_used_ == fitted.artifact_.n_blocks
+    # the experiment's own classifier/ (what `stcstore probe` writes) loads too, with its report
+    written = STCClassifier.load(fitted.experiment_ / "classifier", device="cpu")
+    assert written.report_ == fitted.report_ and written.predict(new).tolist() == fitted.predict(new).tolist()
+    # a pickled estimator (joblib workers) leaves its loaded model behind and loads it again
+    import pickle
+
+    thawed = pickle.loads(pickle.dumps(fitted))
+    assert "_predictor" not in vars(thawed)
+    np.testing.assert_array_equal(thawed.decision_function(new[:10]), fitted.decision_function(new[:10]))
     # the folder is the command line's classifier format
     res = CliRunner().invoke(app, ["predict", "--classifier", str(folder), *new[:5]])
     assert res.exit_code == 0, res.output
