@@ -70,8 +70,9 @@ def chunk_rows_for(min_width: int, dtype: str, n_rows: int) -> int:
 # the array dtype, so byte shuffle sees 2-byte float16 values. Measured on real MiniLM
 # activations, one core: the codec alone, blosc zstd 3 stores 0.866 of raw at about 350 MB/s,
 # zstd 1 0.879 at 600 MB/s, lz4 0.973 at 1.8 GB/s; through the whole writer
-# (benchmarks/store_ingest.py) lz4 ingests 1.7x the rows of zstd 3 at 0.98 of raw, none 2.4x
-# but above raw (the checksums). lz4 is the fastest under raw float16, so it is the default.
+# (benchmarks/store_ingest.py) lz4 ingests 1.7x the rows of zstd 3 at 0.98 of raw; no
+# compression is faster still but stores a little more than raw (the checksums). lz4 is the
+# fastest codec under raw float16, so it is the default.
 
 
 def compressors(codec: str = DEFAULT_CODEC) -> tuple:
