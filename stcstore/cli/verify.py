@@ -38,7 +38,7 @@ def verify_cmd(
         if res.ok:
             incomplete = "" if res.windows_committed == res.windows_total else \
                 f" (INCOMPLETE: {res.windows_committed}/{res.windows_total} windows committed: rerun the extract command)"
-            how = "checksums and decoding" if res.checksummed else "decoding (no checksums in this older store)"
+            how = "checksums and decoding" if res.checksummed else "decoding only: no checksums in this older store"
             out_console.print(
                 f"run {res.run}: {res.windows_committed} committed windows, {res.chunks_checked:,} chunks intact "
                 f"({how}){incomplete}", highlight=False, soft_wrap=True)
