@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .errors import ConfigError
@@ -170,6 +170,8 @@ class ProbeConfig:
     selection: str = "one_se"
     # refit the chosen configuration on train + val (the classifier users keep)
     refit: bool = True
+    # choose the configuration by K-fold cross-validation over train + val (None: on val)
+    cv: Optional[int] = None
     # bytes a probe fit may use on its device ('2GB', '512MiB' or a number); None: a share of what is free
     memory_budget: Optional[int | str] = None
 
@@ -190,6 +192,10 @@ class ProbeConfig:
             raise ConfigError(f"unknown --device {c.device!r}: choose from {','.join(DEVICES)}")
         if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2**32:
             raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {c.seed!r}")
+        if c.cv is not None and (isinstance(c.cv, bool) or not isinstance(c.cv, int) or c.cv < 2):
+            raise ConfigError(f"--cv takes a number of folds of at least 2, got {c.cv!r}")
+        if c.cv and not c.refit:
+            raise ConfigError("--cv refits the chosen configuration on train + val: drop --no-refit")
         if c.selection not in SELECTIONS:
             raise ConfigError(f"unknown --selection {c.selection!r}: choose from {','.join(SELECTIONS)}")
         try:

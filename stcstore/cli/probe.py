@@ -48,6 +48,8 @@ def probe_cmd(
     selection: str = typer.Option(
         "one_se", "--selection",
         help="How val picks the winner: one_se (the simplest config within one standard error of the best) | best."),
+    cv: Optional[int] = typer.Option(
+        None, "--cv", help="Choose the configuration by K-fold cross-validation over train + val (K searches more)."),
     no_refit: bool = typer.Option(
         False, "--no-refit", help="Keep the model fitted on train only (default: refit the winner on train + val)."),
     overwrite: bool = typer.Option(
@@ -65,7 +67,7 @@ def probe_cmd(
         store=store, label=label, run=run, split_column=split_column, backend=backend, name=name, out=out,
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
         progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite, memory_budget=memory_budget,
-        selection=selection, refit=not no_refit,
+        selection=selection, refit=not no_refit, cv=cv,
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

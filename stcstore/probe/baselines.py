@@ -8,7 +8,7 @@ blocks at most). The concat baseline holds every layer of one site/pool at once,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -52,12 +52,13 @@ def baseline_picks(probes: dict, sites: Sequence[str], pools: Sequence[str], n_l
 
 def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_layers: dict[str, int],
                     reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache, solver: Any,
-                    rule: str, refit: bool, preds: dict) -> dict[str, dict[str, Any]]:
+                    rule: str, refit: bool, preds: dict, n_val: Optional[int] = None) -> dict[str, dict[str, Any]]:
     """last_layer and best_layer entries, each scored once on test (train fit, and refit); their
     test predictions go into `preds`."""
     out = {}
     K, y_te = plan.n_classes, plan.y["test"]
-    picks = baseline_picks(probes, sites, pools, n_layers, rule, plan.n("val"))
+    # n_val: the rows behind each probe's val score (all of train + val when they are fold means)
+    picks = baseline_picks(probes, sites, pools, n_layers, rule, n_val or plan.n("val"))
     for name, (p, info) in zip(("last_layer", "best_layer"), picks):
         entry = {"site": p.site, "pool": p.pool, "layer": p.layer, "C": p.C, "n_features": p.n_nonzero,
                  "val": p.val, "selection": info}

@@ -74,7 +74,7 @@ def add_to_front(front: list, cand: "Candidate") -> list:
 
 def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: int, n_layers: dict[str, int],
                etas: Sequence[float], Cs: Sequence[float], y_tr: np.ndarray, y_va: np.ndarray, K: int,
-               bar: Any) -> tuple[list[dict[str, Any]], Optional[Candidate]]:
+              bar: Any) -> tuple[list[dict[str, Any]], list[Candidate]]:
     """Every eta (deduplicated) of one (site choice, pool): one batched fit over all k and C each.
 
     Returns the scored configurations and the front of those a selection rule could choose.
@@ -130,20 +130,21 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
     return entries, front
 
 
-def _aggregate_path(exp: Experiment, choice: str, pool: str) -> Path:
-    return exp.checkpoints / f"aggregate.{choice}.{pool}.safetensors"
+def _aggregate_path(exp: Experiment, choice: str, pool: str, tag: str) -> Path:
+    return exp.checkpoints / f"aggregate.{tag}{choice}.{pool}.safetensors"
 
 
-def save_aggregate(exp: Experiment, choice: str, pool: str, entries: list, front: list[Candidate]) -> None:
-    """Checkpoint one (site choice, pool) aggregation: its scored configurations and its front."""
+def save_aggregate(exp: Experiment, choice: str, pool: str, entries: list, front: list[Candidate],
+                   tag: str = "") -> None:
+    """Checkpoint one (site choice, pool) aggregation (of one split plan, `tag`): its table and front."""
     arrays = {f"{i}.{k}": np.asarray(getattr(c, k)) for i, c in enumerate(front) for k in CANDIDATE_ARRAYS}
     meta = {"entries": entries, "front": [{"key": list(c.key), "entry": c.entry} for c in front]}
-    save_checkpoint(_aggregate_path(exp, choice, pool), arrays, meta)
+    save_checkpoint(_aggregate_path(exp, choice, pool, tag), arrays, meta)
 
 
-def load_aggregate(exp: Experiment, choice: str, pool: str) -> Optional[tuple[list, list[Candidate]]]:
+def load_aggregate(exp: Experiment, choice: str, pool: str, tag: str = "") -> Optional[tuple[list, list[Candidate]]]:
     """A checkpointed aggregation, or None when it has to be done."""
-    got = load_checkpoint(_aggregate_path(exp, choice, pool))
+    got = load_checkpoint(_aggregate_path(exp, choice, pool, tag))
     if got is None:
         return None
     arrays, meta = got

@@ -122,7 +122,10 @@ def render_table(report: Mapping[str, Any]):
     )
     notes = []
     if s.get("refit"):
-        notes.append(f"test: refit on train + val (train only: STC {_fmt(s['no_refit']['test'])}%)")
+        train_only = f" (train only: STC {_fmt(s['no_refit']['test'])}%)" if "no_refit" in s else ""
+        notes.append(f"test: refit on train + val{train_only}")
+    if s.get("cv"):
+        notes.append(f"val: mean of {s['cv']['k']} folds over train + val (std {100 * s['cv']['val_std']:.1f} pt)")
     sel = s.get("selection") or {}
     if sel.get("rule") == "one_se":
         notes.append(f"chosen: simplest within one SE ({100 * sel['se']:.1f} pt) of the best val {_fmt(sel['best_val'])}%")

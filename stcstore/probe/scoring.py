@@ -33,11 +33,13 @@ def score_stc(best: Candidate, config: ProbeConfig, reader: RunReader, plan: Spl
     K, y_te = plan.n_classes, plan.y["test"]
     pool = best.entry["pool"]
     stc = dict(best.entry)
-    _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index)
-    dec = standardize_columns(te, np.arange(te.shape[1]), best.mean, best.scale) @ best.coef.T + best.intercept
-    trained = classification_metrics(y_te, dec, K)
-    preds["stc_no_refit" if config.refit else "stc"] = labels_from_decision(dec)
-    feats = (best.site, best.layer, best.index, best.coef, best.intercept, best.mean, best.scale)
+    trained, feats = None, None
+    if best.coef is not None:       # chosen by cross-validation there is no train-only fit to score
+        _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index)
+        dec = standardize_columns(te, np.arange(te.shape[1]), best.mean, best.scale) @ best.coef.T + best.intercept
+        trained = classification_metrics(y_te, dec, K)
+        preds["stc_no_refit" if config.refit else "stc"] = labels_from_decision(dec)
+        feats = (best.site, best.layer, best.index, best.coef, best.intercept, best.mean, best.scale)
     if config.refit:
         X, bufs = refit_buffers(plan, len(best.kept_index), reader.layout.dtype)
         read_features(reader, plan, row_maps, pool, best.kept_site, best.kept_layer, best.kept_index, out=bufs)
@@ -46,7 +48,8 @@ def score_stc(best: Candidate, config: ProbeConfig, reader: RunReader, plan: Spl
         stc.update(classification_metrics(y_te, r.test_decision, K))
         preds["stc"] = labels_from_decision(r.test_decision)
         stc["n_features"] = int(len(r.cols))
-        stc["no_refit"] = {"n_features": best.entry["n_features"], **trained}
+        if trained is not None:
+            stc["no_refit"] = {"n_features": best.entry["n_features"], **trained}
         c = r.cols
         feats = (best.kept_site[c], best.kept_layer[c], best.kept_index[c], r.coef, r.intercept, r.mean, r.scale)
     else:

@@ -20,6 +20,7 @@ once); turn it off with `concat_baseline=False` (`--no-concat-baseline`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -35,7 +36,7 @@ from ..config import ProbeConfig
 from ..errors import ConfigError, MissingDependencyError, StoreError
 from ..store.fingerprint import fingerprint_hash
 from ..store.reader import RunReader
-from .aggregate import LayerProbe, site_choices
+from .aggregate import LayerProbe, layers_for, site_choices
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
 from .blocks import return_freed_blocks_to_os
@@ -48,6 +49,7 @@ from .outputs import CLASSIFIER_DIR, SEARCH_NAME, copy_out, load_outputs, write_
 from .report import BASELINE_NAMES
 from .scoring import public_entry, score_stc
 from .selection import choose
+from .crossval import cv_choose, cv_layer_scores, cv_plans, kept_features
 from .splits import SplitPlan, resolve_splits
 from .standardize import StatsCache, cache_key
 
@@ -137,7 +139,7 @@ def _settings(config: ProbeConfig, reader: RunReader, fp_hash: str, sites: Seque
         "split_column": config.split_column, "seed": config.seed, "sites": list(sites), "pools": list(pools),
         "c_grid": list(config.c_grid), "eta_grid": list(config.eta_grid),
         "backend": getattr(solver, "name", type(solver).__name__), "device": str(getattr(solver, "device", "cpu")),
-        "concat_baseline": want_concat, "selection": config.selection, "refit": config.refit,
+        "concat_baseline": want_concat, "selection": config.selection, "refit": config.refit, "cv": config.cv,
     }
 
 
@@ -209,69 +211,52 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
             t_start: float) -> tuple[dict, list, Any]:
     """The search proper, resuming from the experiment's checkpoints; returns report, search, artifact."""
     K = plan.n_classes
-    Cs, etas = tuple(config.c_grid), tuple(config.eta_grid)
+    etas = tuple(config.eta_grid)
     y_tr, y_va, y_te = plan.y["train"], plan.y["val"], plan.y["test"]
     log.info(
         "probing %r of run %r: %d classes, train %d / val %d / test %d rows (%s splits), backend %s on %s",
         config.label, reader.name, K, len(y_tr), len(y_va), len(y_te), plan.source,
         getattr(solver, "name", "?"), getattr(solver, "device", "?"),
     )
-    cache = StatsCache(reader.run_dir, cache_key(fp_hash, reader.layout.dtype, plan.selection_hash("train")))
-    fits = LayerFitCache(reader.run_dir, _fit_cache_key(fp_hash, config, plan, solver), read=not config.fresh)
-    row_maps = {s: plan.row_roles(s, reader.n_rows(s)) for s in plan.store_splits()}
     n_layers = {s: reader.n_layers(s) for s in sites}
     choices = [c for c in site_choices(sites) if c != "both" or _both_ok(n_layers)]
-
-    # -- 1+2. per pool: layer probes, then aggregation over that pool's kept columns ----------------
-    # Going pool by pool bounds the kept-column memory to one pool's layers (both sites).
-    probes: dict[tuple[str, str, int], LayerProbe] = {}
-    search: list[dict[str, Any]] = []
-    front: list[Candidate] = []       # every config either rule could still choose
-    resumed = 0
-    n_probes = sum(n_layers[s] for s in sites) * len(pools)
-    with _progress(config.progress, n_probes + len(choices) * len(pools) * len(etas)) as bar:
-        for pi, pool in enumerate(pools):
-            done = {c: load_aggregate(exp, c, pool) for c in choices}
-            pending = [c for c in choices if done[c] is None]
-            resumed += len(choices) - len(pending)
-            for site in sites:
-                for layer in range(n_layers[site]):
-                    bar.set_description(f"probe {site}/{pool}/{layer}")
-                    probes[(site, pool, layer)] = layer_probe(
-                        solver, fits, reader, plan, row_maps, cache, site, pool, layer, y_tr, y_va, K, Cs, etas,
-                        columns=bool(pending), timer=timer)
-                    bar.update(1)
-            with timer("aggregate"):
-                for ci, choice in enumerate(choices):
-                    if done[choice] is None:
-                        bar.set_description(f"aggregate {choice}/{pool}")
-                        done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
-                                                  y_tr, y_va, K, bar)
-                        save_aggregate(exp, choice, pool, *done[choice])
-                    else:
-                        bar.update(len(etas))
-                    entries, local = done[choice]
-                    search.extend(entries)
-                    for cand in local:
-                        front = add_to_front(front, cand)
-            for site in sites:
-                for layer in range(n_layers[site]):
-                    probes[(site, pool, layer)].release_fit_columns()
-                    probes[(site, pool, layer)].release_test_columns()
+    plans = [("", plan)] + ([(f"fold{i}.", p) for i, p in enumerate(cv_plans(plan, config.cv, config.seed))]
+                            if config.cv else [])
+    per_plan = sum(n_layers[s] for s in sites) * len(pools) + len(choices) * len(pools) * len(etas)
+    with _progress(config.progress, per_plan * len(plans)) as bar:
+        stages = {tag: _stages(config, reader, p, solver, exp, sites, pools, fp_hash, n_layers, choices, timer, bar,
+                               tag)
+                  for tag, p in plans}
+    main = stages[""]
+    probes, search, front, resumed, fits = main.probes, main.search, main.front, main.resumed, main.fits
+    cache, row_maps = main.cache, main.row_maps
     if not front:
         raise StoreError("no probe kept any neuron (every layer probe is all zeros): try a larger --c-grid")
 
     # -- 3. the chosen config and the layer baselines on the test split, once (refit on train + val) -
     n_val = plan.n("val")
-    best, runner_up, rule = choose(front, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key,
-                                   config.selection, n_val)
+    if config.cv:
+        folds = [stages[tag] for tag, _ in plans[1:]]
+        # the folds' tables go into search.json too, each entry with its fold
+        search = search + [{**e, "fold": i} for i, f in enumerate(folds) for e in f.search]
+        best, runner_up, rule = _cv_candidate(folds, probes, choices, pools, etas, config.selection,
+                                              plan.n("train") + n_val)
+        # the layer baselines are chosen on their fold means too
+        scores = cv_layer_scores([f.probes for f in folds])
+        probes = {k: dataclasses.replace(p, val=scores[k][0], n_nonzero=int(round(scores[k][1])))
+                  for k, p in probes.items()}
+        n_val = plan.n("train") + n_val
+    else:
+        best, runner_up, rule = choose(front, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key,
+                                       config.selection, n_val)
+        runner_up = None if runner_up is None else runner_up.entry
     preds: dict[str, Any] = {}          # every reported model's test predictions
     with timer("test"):
         stc, artifact = score_stc(best, config, reader, plan, row_maps, solver, fp_hash, preds)
-    stc["selection"] = {**rule, "runner_up": None if runner_up is None else public_entry(runner_up.entry)}
+    stc["selection"] = {**rule, "runner_up": None if runner_up is None else public_entry(runner_up)}
     with timer("baselines"):
         baselines: dict[str, Any] = layer_baselines(probes, sites, pools, n_layers, reader, plan, row_maps, cache,
-                                                    solver, config.selection, config.refit, preds)
+                                                    solver, config.selection, config.refit, preds, n_val=n_val)
     baselines["all_layers_concat"] = None
 
     # -- 4. report and classifier first; the concat baseline (optional, memory-hungry) after --------
@@ -301,6 +286,77 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
         report["timing_s"] = _timings(timer, t_start)
         write_outputs(exp.path, report, search, artifact, config.plots, predictions)
     return report, search, artifact
+
+
+def _cv_candidate(folds: list, probes: dict, choices: Sequence[str], pools: Sequence[str], etas: Sequence[float],
+                  rule: str, n_rows: int) -> tuple[Candidate, Optional[dict], dict]:
+    """The configuration chosen on the folds' mean val, as a candidate to refit (no train-only fit)."""
+    cfg, runner_up, info = cv_choose([f.search for f in folds], choices, pools, rule, n_rows)
+    site, layer, index = kept_features(probes, cfg["site"], cfg["pool"], list(etas).index(cfg["eta"]), cfg["k"])
+    entry = {k: cfg[k] for k in ("site", "pool", "eta", "k", "C", "n_blocks", "n_features", "val")}
+    entry.update(n_kept=len(index), layers=layers_for(cfg["site"], cfg["k"]),
+                 cv={"k": len(folds), "val_folds": cfg["val_folds"], "val_std": cfg["val_std"]})
+    cand = Candidate(key=(), entry=entry, coef=None, intercept=None, site=None, layer=None, index=None, mean=None,
+                     scale=None, kept_site=site, kept_layer=layer, kept_index=index)
+    return cand, runner_up, info
+
+
+@dataclass
+class _Stages:
+    """What stages 1 and 2 (layer probes, aggregation) produce on one split plan."""
+
+    probes: dict
+    search: list
+    front: list
+    resumed: int
+    fits: LayerFitCache
+    cache: StatsCache
+    row_maps: dict
+
+
+def _stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any, exp: Experiment,
+            sites: Sequence[str], pools: Sequence[str], fp_hash: str, n_layers: dict[str, int],
+            choices: Sequence[str], timer: _Timer, bar: Any, tag: str = "") -> _Stages:
+    """Layer probes then aggregation, pool by pool, resuming from checkpoints (`tag` names the plan)."""
+    K, Cs, etas = plan.n_classes, tuple(config.c_grid), tuple(config.eta_grid)
+    y_tr, y_va = plan.y["train"], plan.y["val"]
+    cache = StatsCache(reader.run_dir, cache_key(fp_hash, reader.layout.dtype, plan.selection_hash("train")))
+    fits = LayerFitCache(reader.run_dir, _fit_cache_key(fp_hash, config, plan, solver), read=not config.fresh)
+    row_maps = {s: plan.row_roles(s, reader.n_rows(s)) for s in plan.store_splits()}
+    # Going pool by pool bounds the kept-column memory to one pool's layers (both sites).
+    probes: dict[tuple[str, str, int], LayerProbe] = {}
+    search: list[dict[str, Any]] = []
+    front: list[Candidate] = []       # every config either rule could still choose
+    resumed = 0
+    for pi, pool in enumerate(pools):
+        done = {c: load_aggregate(exp, c, pool, tag) for c in choices}
+        pending = [c for c in choices if done[c] is None]
+        resumed += len(choices) - len(pending)
+        for site in sites:
+            for layer in range(n_layers[site]):
+                bar.set_description(f"{tag}probe {site}/{pool}/{layer}")
+                probes[(site, pool, layer)] = layer_probe(
+                    solver, fits, reader, plan, row_maps, cache, site, pool, layer, y_tr, y_va, K, Cs, etas,
+                    columns=bool(pending), timer=timer)
+                bar.update(1)
+        with timer("aggregate"):
+            for ci, choice in enumerate(choices):
+                if done[choice] is None:
+                    bar.set_description(f"{tag}aggregate {choice}/{pool}")
+                    done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
+                                             y_tr, y_va, K, bar)
+                    save_aggregate(exp, choice, pool, *done[choice], tag=tag)
+                else:
+                    bar.update(len(etas))
+                entries, local = done[choice]
+                search.extend(entries)
+                for cand in local:
+                    front = add_to_front(front, cand)
+        for site in sites:
+            for layer in range(n_layers[site]):
+                probes[(site, pool, layer)].release_fit_columns()
+                probes[(site, pool, layer)].release_test_columns()
+    return _Stages(probes, search, front, resumed, fits, cache, row_maps)
 
 
 def _concat_too_big(solver: Any, config: ProbeConfig, plan: SplitPlan, n_cols: int) -> Optional[str]:
