@@ -29,7 +29,8 @@ def test_pool_reuses_slabs_and_stays_bounded_over_a_long_run():
 
 def test_take_waits_for_a_slab_while_the_pool_is_full():
     pool = PinnedPool(slab_bytes=64, budget_bytes=128, pin=False)
-    a, b = pool.take(64), pool.take(64)
+    a = pool.take(64)
+    pool.take(64)
     got = []
     t = threading.Thread(target=lambda: got.append(pool.take(64)))
     t.start()
