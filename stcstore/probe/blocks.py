@@ -129,15 +129,20 @@ def load_block(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, po
 
 
 def read_columns(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,
-                 cols: np.ndarray, out: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 cols: np.ndarray, out: Optional[tuple] = None, roles: Sequence[int] = (0, 1, 2)
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Some columns of one block's train, val and test rows, raw values, in one pass.
 
-    Into `out` (three arrays, any float dtype) when given, else new arrays of the store's dtype.
+    Into `out` (three arrays, any float dtype) when given, else new arrays of the store's dtype;
+    a role not in `roles` (0 train, 1 val, 2 test) comes back with no rows.
     """
     raw_dtype = np.dtype(reader.layout.dtype)
-    outs = out or tuple(np.empty((plan.n(role), len(cols)), dtype=raw_dtype) for role in ("train", "val", "test"))
-    for block, r, p in _slabs(reader, plan, row_maps, site, pool, layer, (0, 1, 2)):
+    outs = out or tuple(np.empty((plan.n(role) if i in roles else 0, len(cols)), dtype=raw_dtype)
+                        for i, role in enumerate(("train", "val", "test")))
+    for block, r, p in _slabs(reader, plan, row_maps, site, pool, layer, roles):
         for role_id, out in enumerate(outs):
+            if role_id not in roles:
+                continue
             sel = r == role_id
             if np.any(sel):
                 out[p[sel]] = block[sel][:, cols]

@@ -38,9 +38,10 @@ def layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: Split
     order = ranking(w)
     if columns:
         # a second, cheap pass for the kept columns in the store's dtype: holding the raw train
-        # rows beside the float32 block during the fit would cost half a block more
+        # rows beside the float32 block during the fit would cost half a block more. No test
+        # columns: only the chosen configuration meets the test rows, read again at the end
         with timer("load"):
-            tr, va, te = read_columns(reader, plan, row_maps, site, pool, layer, order)
+            tr, va, te = read_columns(reader, plan, row_maps, site, pool, layer, order, roles=(0, 1))
     else:
         tr = va = te = np.zeros((0, len(order)), dtype=reader.layout.dtype)
     return LayerProbe(
