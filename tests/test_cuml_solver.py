@@ -37,8 +37,10 @@ def standin(monkeypatch):
 
     assert cuml.__version__ == "0.0-standin"
     yield
+    # plain deletion: monkeypatch would put the stand-in back when it undoes its own changes,
+    # and later tests would then see a cuML that is not there
     for mod in [m for m in sys.modules if m == "cuml" or m.startswith("cuml.")]:
-        monkeypatch.delitem(sys.modules, mod)
+        del sys.modules[mod]
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
