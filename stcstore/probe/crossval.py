@@ -14,10 +14,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .aggregate import SITE_CODES, layers_for
+from .candidates import Candidate
 from .selection import choose
 from .splits import SplitPlan, stratified_partition
 
-__all__ = ["cv_plans", "cv_choose", "cv_layer_scores", "kept_features", "CONFIG_KEYS"]
+__all__ = ["cv_plans", "cv_choose", "cv_candidate", "cv_layer_scores", "kept_features", "CONFIG_KEYS"]
 
 CONFIG_KEYS = ("site", "pool", "eta", "k", "C")
 
@@ -99,3 +100,15 @@ def kept_features(probes: dict, choice: str, pool: str, eta_index: int, k: int
             index += p.order[:m].tolist()
     return np.array(site, np.int64), np.array(layer, np.int64), np.array(index, np.int64)
 
+
+def cv_candidate(folds: list, probes: dict, choices: Sequence[str], pools: Sequence[str], etas: Sequence[float],
+                  rule: str, n_rows: int) -> tuple[Candidate, Optional[dict], dict]:
+    """The configuration chosen on the folds' mean val, as a candidate to refit (no train-only fit)."""
+    cfg, runner_up, info = cv_choose([f.search for f in folds], choices, pools, rule, n_rows)
+    site, layer, index = kept_features(probes, cfg["site"], cfg["pool"], list(etas).index(cfg["eta"]), cfg["k"])
+    entry = {k: cfg[k] for k in ("site", "pool", "eta", "k", "C", "n_blocks", "n_features", "val")}
+    entry.update(n_kept=len(index), layers=layers_for(cfg["site"], cfg["k"]),
+                 cv={"k": len(folds), "val_folds": cfg["val_folds"], "val_std": cfg["val_std"]})
+    cand = Candidate(key=(), entry=entry, coef=None, intercept=None, site=None, layer=None, index=None, mean=None,
+                     scale=None, kept_site=site, kept_layer=layer, kept_index=index)
+    return cand, runner_up, info

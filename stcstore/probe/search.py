@@ -1,11 +1,12 @@
-"""The probe search: per-layer L1 probes, sparsification, aggregation over depths, baselines.
+"""The probe search, as the stages of the method; each stage lives in its own module.
 
-The stages of the method, pool by pool: (1) one L1 probe per (site, layer) on a block read out
-of core (blocks.py), keeping each probe's nonzero-weight columns in the store's dtype;
-(2) per site choice and eta, one kept-feature design standardised as it is built and one
-batched `fit_path` over every depth k and C (nested masks); (3) the winner on val and the
-baselines (baselines.py) are scored once on test; (4) classifier, search table, plots and
-report land in the experiment folder (outputs.py), the report last.
+(1) one L1 probe per (site, pool, layer), read out of core (layer_probes.py, blocks.py);
+(2) per site choice, pool and eta, a kept-feature design fitted over every depth k and C at
+once (candidates.py) -- stages 1 and 2 run per split plan in stages.py, once, or once more per
+fold with --cv (crossval.py); (3) the winner chosen on val by the selection rule
+(selection.py), refitted on train + val and scored once on test (scoring.py, refit.py), with
+the baselines treated alike (baselines.py); (4) classifier, search table, test predictions,
+plots and report land in the experiment folder, the report last (outputs.py).
 
 Nothing is lost: each finished layer fit is checkpointed in a cache shared by the run's
 experiments (checkpoints.py) and each (site choice, pool) aggregation in the experiment folder
@@ -21,7 +22,6 @@ once); turn it off with `concat_baseline=False` (`--no-concat-baseline`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
 import time
@@ -30,28 +30,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import numpy as np
-
 from ..config import ProbeConfig
 from ..errors import ConfigError, MissingDependencyError, StoreError
 from ..store.fingerprint import fingerprint_hash
 from ..store.reader import RunReader
-from .aggregate import LayerProbe, layers_for, site_choices
+from .aggregate import site_choices
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
 from .blocks import return_freed_blocks_to_os
-from .candidates import Candidate, add_to_front, aggregate, load_aggregate, save_aggregate
-from .checkpoints import LayerFitCache, layer_fit_key
+from .checkpoints import LayerFitCache
+from .crossval import cv_candidate, cv_layer_scores, cv_plans
 from .experiment import REPORT_NAME, Experiment
-from .layer_probes import layer_entry, layer_probe
+from .layer_probes import layer_entry
 from .memory import concat_bytes, format_bytes, out_of_memory_as, resolve_budget
 from .outputs import CLASSIFIER_DIR, SEARCH_NAME, copy_out, load_outputs, write_outputs
 from .report import BASELINE_NAMES
 from .scoring import public_entry, score_stc
 from .selection import choose
-from .crossval import cv_choose, cv_layer_scores, cv_plans, kept_features
 from .splits import SplitPlan, resolve_splits
-from .standardize import StatsCache, cache_key
+from .stages import run_stages
+from .standardize import StatsCache
 
 __all__ = ["ProbeResult", "run_probe", "REPORT_NAME", "SEARCH_NAME", "CLASSIFIER_DIR"]
 
@@ -143,19 +141,7 @@ def _settings(config: ProbeConfig, reader: RunReader, fp_hash: str, sites: Seque
     }
 
 
-def _fit_cache_key(fp_hash: str, config: ProbeConfig, plan: SplitPlan, solver: Any) -> str:
-    """What a layer fit depends on: the run, the labels of train and val rows, the C grid, the solver."""
-    y = hashlib.sha256()
-    for role in ("train", "val"):
-        y.update(plan.selection_hash(role).encode())
-        y.update(np.ascontiguousarray(plan.y[role], dtype=np.int64).tobytes())
-    return layer_fit_key({"fingerprint": fp_hash, "label": config.label, "classes": [str(c) for c in plan.classes],
-                          "rows": y.hexdigest(), "c_grid": list(config.c_grid), "solver": repr(solver)})
-
-
 # -- the search -----------------------------------------------------------------------------------
-
-
 def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, solver: Any = None) -> ProbeResult:
     """Probe every layer, sparsify, aggregate, pick the winner on val, score test once, write outputs.
 
@@ -207,7 +193,7 @@ _PRIVATE = ("_probe.lock", "_checkpoints", "experiment.json")
 
 
 def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any, exp: Experiment,
-            sites: Sequence[str], pools: Sequence[str], fp_hash: str, want_concat: bool, timer: _Timer,
+            sites: Sequence[str], pools: Sequence[str], fp_hash: str, want_concat: bool, timer: Any,
             t_start: float) -> tuple[dict, list, Any]:
     """The search proper, resuming from the experiment's checkpoints; returns report, search, artifact."""
     K = plan.n_classes
@@ -224,7 +210,7 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
                             if config.cv else [])
     per_plan = sum(n_layers[s] for s in sites) * len(pools) + len(choices) * len(pools) * len(etas)
     with _progress(config.progress, per_plan * len(plans)) as bar:
-        stages = {tag: _stages(config, reader, p, solver, exp, sites, pools, fp_hash, n_layers, choices, timer, bar,
+        stages = {tag: run_stages(config, reader, p, solver, exp, sites, pools, fp_hash, n_layers, choices, timer, bar,
                                tag)
                   for tag, p in plans}
     main = stages[""]
@@ -239,7 +225,7 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
         folds = [stages[tag] for tag, _ in plans[1:]]
         # the folds' tables go into search.json too, each entry with its fold
         search = search + [{**e, "fold": i} for i, f in enumerate(folds) for e in f.search]
-        best, runner_up, rule = _cv_candidate(folds, probes, choices, pools, etas, config.selection,
+        best, runner_up, rule = cv_candidate(folds, probes, choices, pools, etas, config.selection,
                                               plan.n("train") + n_val)
         # the layer baselines are chosen on their fold means too
         scores = cv_layer_scores([f.probes for f in folds])
@@ -288,77 +274,6 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
     return report, search, artifact
 
 
-def _cv_candidate(folds: list, probes: dict, choices: Sequence[str], pools: Sequence[str], etas: Sequence[float],
-                  rule: str, n_rows: int) -> tuple[Candidate, Optional[dict], dict]:
-    """The configuration chosen on the folds' mean val, as a candidate to refit (no train-only fit)."""
-    cfg, runner_up, info = cv_choose([f.search for f in folds], choices, pools, rule, n_rows)
-    site, layer, index = kept_features(probes, cfg["site"], cfg["pool"], list(etas).index(cfg["eta"]), cfg["k"])
-    entry = {k: cfg[k] for k in ("site", "pool", "eta", "k", "C", "n_blocks", "n_features", "val")}
-    entry.update(n_kept=len(index), layers=layers_for(cfg["site"], cfg["k"]),
-                 cv={"k": len(folds), "val_folds": cfg["val_folds"], "val_std": cfg["val_std"]})
-    cand = Candidate(key=(), entry=entry, coef=None, intercept=None, site=None, layer=None, index=None, mean=None,
-                     scale=None, kept_site=site, kept_layer=layer, kept_index=index)
-    return cand, runner_up, info
-
-
-@dataclass
-class _Stages:
-    """What stages 1 and 2 (layer probes, aggregation) produce on one split plan."""
-
-    probes: dict
-    search: list
-    front: list
-    resumed: int
-    fits: LayerFitCache
-    cache: StatsCache
-    row_maps: dict
-
-
-def _stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any, exp: Experiment,
-            sites: Sequence[str], pools: Sequence[str], fp_hash: str, n_layers: dict[str, int],
-            choices: Sequence[str], timer: _Timer, bar: Any, tag: str = "") -> _Stages:
-    """Layer probes then aggregation, pool by pool, resuming from checkpoints (`tag` names the plan)."""
-    K, Cs, etas = plan.n_classes, tuple(config.c_grid), tuple(config.eta_grid)
-    y_tr, y_va = plan.y["train"], plan.y["val"]
-    cache = StatsCache(reader.run_dir, cache_key(fp_hash, reader.layout.dtype, plan.selection_hash("train")))
-    fits = LayerFitCache(reader.run_dir, _fit_cache_key(fp_hash, config, plan, solver), read=not config.fresh)
-    row_maps = {s: plan.row_roles(s, reader.n_rows(s)) for s in plan.store_splits()}
-    # Going pool by pool bounds the kept-column memory to one pool's layers (both sites).
-    probes: dict[tuple[str, str, int], LayerProbe] = {}
-    search: list[dict[str, Any]] = []
-    front: list[Candidate] = []       # every config either rule could still choose
-    resumed = 0
-    for pi, pool in enumerate(pools):
-        done = {c: load_aggregate(exp, c, pool, tag) for c in choices}
-        pending = [c for c in choices if done[c] is None]
-        resumed += len(choices) - len(pending)
-        for site in sites:
-            for layer in range(n_layers[site]):
-                bar.set_description(f"{tag}probe {site}/{pool}/{layer}")
-                probes[(site, pool, layer)] = layer_probe(
-                    solver, fits, reader, plan, row_maps, cache, site, pool, layer, y_tr, y_va, K, Cs, etas,
-                    columns=bool(pending), timer=timer)
-                bar.update(1)
-        with timer("aggregate"):
-            for ci, choice in enumerate(choices):
-                if done[choice] is None:
-                    bar.set_description(f"{tag}aggregate {choice}/{pool}")
-                    done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
-                                             y_tr, y_va, K, bar)
-                    save_aggregate(exp, choice, pool, *done[choice], tag=tag)
-                else:
-                    bar.update(len(etas))
-                entries, local = done[choice]
-                search.extend(entries)
-                for cand in local:
-                    front = add_to_front(front, cand)
-        for site in sites:
-            for layer in range(n_layers[site]):
-                probes[(site, pool, layer)].release_fit_columns()
-                probes[(site, pool, layer)].release_test_columns()
-    return _Stages(probes, search, front, resumed, fits, cache, row_maps)
-
-
 def _concat_too_big(solver: Any, config: ProbeConfig, plan: SplitPlan, n_cols: int) -> Optional[str]:
     """Why the concat baseline is skipped (its rows would not fit the host budget), or None."""
     n_rows = sum(plan.n(r) for r in ("train", "val", "test"))
@@ -387,7 +302,7 @@ def _both_ok(n_layers: dict[str, int]) -> bool:
     return ok
 
 
-def _timings(timer: _Timer, t_start: float) -> dict[str, float]:
+def _timings(timer: Any, t_start: float) -> dict[str, float]:
     timings = dict(timer.t)
     timings["total"] = time.perf_counter() - t_start
     for k in ("load", "probes", "aggregate"):
@@ -397,7 +312,7 @@ def _timings(timer: _Timer, t_start: float) -> dict[str, float]:
 
 def _report(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any, name: str, fp_hash: str,
             sites: Sequence[str], pools: Sequence[str], probes: dict, n_layers: dict[str, int], stc: dict,
-            baselines: dict, search: list, cache: StatsCache, fits: LayerFitCache, resumed: int, timer: _Timer,
+            baselines: dict, search: list, cache: StatsCache, fits: LayerFitCache, resumed: int, timer: Any,
             t_start: float) -> dict[str, Any]:
     """The report.json document (DESIGN.md's contract keys first)."""
     return {
