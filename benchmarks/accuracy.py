@@ -62,23 +62,16 @@ def debates_csv(folder: Path, limit: int | None) -> Path:
 def bootstrap(y: np.ndarray, preds: dict[str, np.ndarray], n_classes: int, B: int = 1000,
               seed: int = 0) -> dict[str, dict[str, list[float]]]:
     """95% percentile intervals of accuracy and macro-F1 per model, the same resamples for all."""
+    from stcstore.probe.metrics import label_metrics
+
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(B, len(y)))
     out = {}
     for name, p in preds.items():
         acc = (p[idx] == y[idx]).mean(axis=1)
-        f1 = np.array([_macro_f1(y[i], p[i], n_classes) for i in idx])
+        f1 = np.array([label_metrics(y[i], p[i], n_classes)["macro_f1"] for i in idx])
         out[name] = {"acc": np.percentile(acc, [2.5, 97.5]).tolist(), "f1": np.percentile(f1, [2.5, 97.5]).tolist()}
     return out
-
-
-def _macro_f1(y: np.ndarray, p: np.ndarray, k: int) -> float:
-    scores = []
-    for c in range(k):
-        tp, fp, fn = np.sum((p == c) & (y == c)), np.sum((p == c) & (y != c)), np.sum((p != c) & (y == c))
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
 
 
 def run_task(task: str, data: str, store: Path, limit: int | None, args) -> dict:

@@ -49,7 +49,12 @@ def test_folds_partition_train_and_val_stratified_with_labels_kept():
         total = np.bincount(np.array(list(label.values())), minlength=3)
         assert np.all(np.abs(counts - total / 4) <= 1)
     assert sorted(seen) == sorted(label)           # each row is val in exactly one fold
-    assert [f.rows for f in cv_plans(plan, 4, seed=3)][0]["val"].keys() == folds[0].rows["val"].keys()
+    # seeded: the same folds again
+    again = cv_plans(plan, 4, seed=3)
+    for f, g in zip(folds, again):
+        for role in ("train", "val"):
+            assert f.rows[role].keys() == g.rows[role].keys()
+            assert all(np.array_equal(f.rows[role][k], g.rows[role][k]) for k in f.rows[role])
 
 
 def test_probe_cv_chooses_on_fold_means_and_refits(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -29,9 +30,9 @@ from .aggregate import (
 from .blocks import fit_path, labels_from_decision, val_key
 from .checkpoints import load_checkpoint, save_checkpoint
 from .experiment import Experiment
-from .selection import pareto_add
+from .selection import is_dominated, pareto_add
 
-__all__ = ["Candidate", "CANDIDATE_ARRAYS", "add_to_front", "aggregate", "save_aggregate", "load_aggregate"]
+__all__ = ["Candidate", "CANDIDATE_ARRAYS", "SELECTION_ORDER", "add_to_front", "aggregate", "save_aggregate", "load_aggregate"]
 
 
 @dataclass
@@ -55,21 +56,18 @@ class Candidate:
     kept_layer: np.ndarray
     kept_index: np.ndarray
 
-    @property
-    def val(self) -> float:
-        return self.entry["val"]
-
-    @property
-    def simplicity(self) -> tuple:
-        return (self.entry["n_blocks"], self.entry["n_features"])
-
 
 CANDIDATE_ARRAYS = ("coef", "intercept", "site", "layer", "index", "mean", "scale", "kept_site", "kept_layer",
                      "kept_index")
 
 
+# what a selection rule compares (val, simplicity, rank): anything with `key` and `entry`
+SELECTION_ORDER = (lambda c: c.entry["val"], lambda c: (c.entry["n_blocks"], c.entry["n_features"]), lambda c: c.key)
+
+
 def add_to_front(front: list, cand: "Candidate") -> list:
-    return pareto_add(front, cand, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key)
+    """The front with `cand` in it, unless a member beats it on val, simplicity and rank."""
+    return pareto_add(front, cand, *SELECTION_ORDER)
 
 
 def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: int, n_layers: dict[str, int],
@@ -123,9 +121,8 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
                          "val": float(val[u, c])}
                 entries.append(entry)
                 key = (*val_key(val[u, c], int(nnz[u, c])), nb, ci, pi, float(eta), float(C))
-                probe = Candidate(key=key, entry=entry, coef=coef[u, c], intercept=icpt[u, c], site=None, layer=None,
-                                   index=None, mean=None, scale=None, kept_site=None, kept_layer=None, kept_index=None)
-                if add_to_front(front, probe) is not front:   # on the front: keep its fit (copied off the design)
+                # only a config that joins the front keeps its fit (copied off the design)
+                if not is_dominated(front, SimpleNamespace(key=key, entry=entry), *SELECTION_ORDER):
                     front = add_to_front(front, _candidate(key, entry, design, umasks[u], coef[u, c], icpt[u, c], choice, k))
     return entries, front
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .blocks import labels_from_decision
 
-__all__ = ["classification_metrics", "roc_auc", "confusion_matrix"]
+__all__ = ["classification_metrics", "label_metrics", "roc_auc", "confusion_matrix"]
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -55,10 +55,9 @@ def roc_auc(y: np.ndarray, decision: np.ndarray) -> Optional[float]:
     return None if any(a is None for a in aucs) else float(np.mean(aucs))
 
 
-def classification_metrics(y: np.ndarray, decision: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """test accuracy, macro_f1, roc_auc, per-class precision / recall / f1 and the confusion matrix."""
-    y = np.asarray(y, np.int64)
-    pred = labels_from_decision(np.asarray(decision))
+def label_metrics(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """test accuracy, macro_f1, per-class precision / recall / f1 and the confusion matrix of predicted labels."""
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
     cm = confusion_matrix(y, pred, n_classes)
     tp = np.diag(cm).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -70,9 +69,15 @@ def classification_metrics(y: np.ndarray, decision: np.ndarray, n_classes: int) 
     return {
         "test": float(np.mean(pred == y)) if len(y) else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "roc_auc": roc_auc(y, decision),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),
         "confusion_matrix": cm.tolist(),
     }
+
+
+def classification_metrics(y: np.ndarray, decision: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """`label_metrics` of the decisions' labels, plus roc_auc from the decisions themselves."""
+    out = label_metrics(y, labels_from_decision(np.asarray(decision)), n_classes)
+    out["roc_auc"] = roc_auc(np.asarray(y, np.int64), decision)
+    return out

@@ -14,8 +14,6 @@ __all__ = [
     "STC_KEYS",
     "LAYER_KEYS",
     "BASELINE_NAMES",
-    "accuracy",
-    "macro_f1",
     "check_report",
     "write_json",
     "render_table",
@@ -27,25 +25,6 @@ STC_KEYS = ("site", "pool", "eta", "k", "C", "n_features", "val", "test", "macro
 LAYER_KEYS = ("site", "pool", "layer", "C", "val", "test", "n_nonzero")
 BASELINE_NAMES = ("last_layer", "best_layer", "all_layers_concat")
 TIMING_KEYS = ("load", "probes", "aggregate", "total")
-
-
-def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Share of rows predicted right."""
-    y = np.asarray(y)
-    return float(np.mean(np.asarray(pred) == y)) if len(y) else float("nan")
-
-
-def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Unweighted mean F1 over the classes present in y or pred (sklearn's average='macro')."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    scores = []
-    for c in np.union1d(y, pred):
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        denom = 2 * tp + fp + fn
-        scores.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 def check_report(report: Mapping[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ from .aggregate import site_choices
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
 from .blocks import return_freed_blocks_to_os
+from .candidates import SELECTION_ORDER
 from .checkpoints import LayerFitCache
 from .crossval import cv_candidate, cv_layer_scores, cv_plans
 from .experiment import REPORT_NAME, Experiment
@@ -233,7 +234,7 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
                   for k, p in probes.items()}
         n_val = plan.n("train") + n_val
     else:
-        best, runner_up, rule = choose(front, lambda c: c.val, lambda c: c.simplicity, lambda c: c.key,
+        best, runner_up, rule = choose(front, *SELECTION_ORDER,
                                        config.selection, n_val)
         runner_up = None if runner_up is None else runner_up.entry
     preds: dict[str, Any] = {}          # every reported model's test predictions

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-__all__ = ["RULES", "choose", "standard_error", "pareto_add"]
+__all__ = ["RULES", "choose", "standard_error", "pareto_add", "is_dominated"]
 
 RULES = ("one_se", "best")
 T = TypeVar("T")
@@ -40,15 +40,23 @@ def choose(items: Sequence[T], val: Callable[[T], float], simplicity: Callable[[
     return ordered[0], (ordered[1] if len(ordered) > 1 else None), info
 
 
+def _dominates(a: T, b: T, val: Callable[[T], float], simplicity: Callable[[T], tuple],
+               rank: Callable[[T], tuple]) -> bool:
+    return val(a) >= val(b) and all(x <= y for x, y in zip(simplicity(a), simplicity(b))) and rank(a) < rank(b)
+
+
+def is_dominated(front: Sequence[T], item: T, val: Callable[[T], float], simplicity: Callable[[T], tuple],
+                 rank: Callable[[T], tuple]) -> bool:
+    """True when some front member beats the item on val, simplicity and rank at once."""
+    return any(_dominates(f, item, val, simplicity, rank) for f in front)
+
+
 def pareto_add(front: list[T], item: T, val: Callable[[T], float], simplicity: Callable[[T], tuple],
                rank: Callable[[T], tuple]) -> list[T]:
     """Add an item to a front of items no other beats on val, simplicity and rank at once.
 
     Either rule only ever chooses from such a front, so a search keeps the front, not every item.
     """
-    def dominates(a: T, b: T) -> bool:
-        return val(a) >= val(b) and all(x <= y for x, y in zip(simplicity(a), simplicity(b))) and rank(a) < rank(b)
-
-    if any(dominates(f, item) for f in front):
+    if is_dominated(front, item, val, simplicity, rank):
         return front
-    return [f for f in front if not dominates(item, f)] + [item]
+    return [f for f in front if not _dominates(item, f, val, simplicity, rank)] + [item]
