@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..store.reader import RunReader
+from .aggregate import SITE_CODES
 from .splits import SplitPlan
 from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns
 
@@ -188,8 +189,6 @@ def read_features(reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str,
                   layer: np.ndarray, index: np.ndarray, out: Optional[tuple] = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw train, val and test columns of features (site code, layer entry, neuron) of one pool, in order."""
-    from .aggregate import SITE_CODES
-
     names = {code: name for name, code in SITE_CODES.items()}
     raw_dtype = np.dtype(reader.layout.dtype)
     outs = out or tuple(np.empty((plan.n(role), len(index)), dtype=raw_dtype) for role in ("train", "val", "test"))
