@@ -65,9 +65,10 @@ HEADLINE: list[str] = [
     r"disk_over_raw_fp16_minilm_(lz4|zstd|zstd1|none)",
     r"stc_minus_best_baseline_pt_\w+",
     r"(rt|debates)_one_se_refit_stc_acc",
+    r"pooling_median_rel_err_\w+",
 ]
 
-ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "store_ingest", "early_exit", "accuracy"]
+ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "store_ingest", "early_exit", "pooling_precision", "accuracy"]
 
 
 def goal_for(name: str):
