@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional
 
 import typer
@@ -10,10 +11,13 @@ from ..config import DEFAULT_CODEC, ExtractConfig
 from .app import app
 from .common import err_console, handle_errors, split_csv
 
+_LAUNCH = "Start the ranks (instead of torchrun)"
+
 
 @app.command("extract")
 @handle_errors
 def extract_cmd(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Hub id, local folder, .gguf file, or alias minilm / smollm2."),
     data: str = typer.Option(..., "--data", help="Hub dataset id, csv / jsonl / parquet file, or alias rotten_tomatoes."),
     store: str = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
@@ -34,6 +38,14 @@ def extract_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="Codec of the stored activations: lz4 (fast, about 0.97 of raw float16), zstd (0.87, about 5x slower), zstd1, none. Every chunk also carries a crc32c checksum."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one GPU over the GPUs and CPU memory (accelerate); also balanced, sequential."),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", rich_help_panel=_LAUNCH, help="Start N ranks on this node and extract with all of them, as torchrun would (one per GPU; on CPU each rank gets cores // N threads unless OMP_NUM_THREADS is set)."),
+    nnodes: int = typer.Option(1, "--nnodes", rich_help_panel=_LAUNCH, help="Nodes in the job: run the same command on each, with --rdzv-endpoint."),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", rich_help_panel=_LAUNCH, help="This node's number, 0 to nnodes-1 (static rendezvous only)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", rich_help_panel=_LAUNCH, help="HOST:PORT every node reaches (node 0's, say) (default with one node: a private one)."),
+    rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", rich_help_panel=_LAUNCH, help="Job id, the same on every node (default: stcstore)."),
+    rdzv_backend: Optional[str] = typer.Option(None, "--rdzv-backend", rich_help_panel=_LAUNCH, help="c10d (default), static (the default with --master-addr), etcd, etcd-v2."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", rich_help_panel=_LAUNCH, help="Static rendezvous: node 0's address (with --node-rank on every node)."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", rich_help_panel=_LAUNCH, help="Static rendezvous: node 0's port (default 29500)."),
 ) -> None:
     """Run a model over a dataset and store pooled activations of every layer (resumable)."""
     from ..extract import extract
@@ -44,6 +56,16 @@ def extract_cmd(
         batch_size=batch_size, device=device, dtype=dtype, limit=limit, chunk_rows=chunk_rows,
         trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map, codec=codec,
     )
+    from ..extract.launch import LaunchSpec
+
+    spec = LaunchSpec(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend, master_addr, master_port)
+    if spec.requested:  # this process starts the ranks (each runs this command without these options)
+        from ..extract.launch import launch, rank_command
+
+        spec = spec.validate()
+        if spec.world_size > 1:
+            dataclasses.replace(cfg).validate()  # a bad option fails here, before any rank starts
+            raise typer.Exit(launch(spec, rank_command(ctx)))
     from ..extract.distributed import PeerFailedError
 
     try:
