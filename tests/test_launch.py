@@ -167,7 +167,7 @@ def test_failing_rank_error_reaches_the_user_once_exit_2(tiny_model, review_csv,
     """A run another job is writing: rank 0's one error line, exit 2, none of the launcher's reports."""
     store = tmp_path / "s.zarr"
     args = _extract_args(tiny_model, review_csv, store)
-    res = run_cli(*args, "--limit", "16")  # the run exists...
+    res = run_cli(*args)  # the run exists...
     assert res.returncode == 0, res.stderr
     with WriterLock(store / "R", "R"):  # ...and is being written by someone else
         res = _launch([*args, "--nproc-per-node", "2"], _clean_env(OMP_NUM_THREADS="1"))
@@ -176,31 +176,38 @@ def test_failing_rank_error_reaches_the_user_once_exit_2(tiny_model, review_csv,
     assert len(lines) == 1 and lines[0].startswith("error:") and "being written" in lines[0], res.stderr
 
 
+def _start_and_wait_for_ranks(args: list[str], env: dict):
+    """Start `stcstore extract ... --nproc-per-node 2`; return the launcher and its 2 rank processes."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "stcstore", *args, "--nproc-per-node", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ranks: list = []
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(ranks) < 2:
+        ranks = []
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "RANK" in child.environ():
+                    ranks.append(child)
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
+    if len(ranks) < 2:
+        proc.kill()
+        pytest.fail("both ranks must be running")
+    return proc, sorted(ranks, key=lambda r: int(r.environ()["RANK"]))
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank(tiny_model, review_csv, tmp_path):
     """SIGINT to stcstore (what Ctrl-C sends): every rank ends, one line says the run resumes, exit 130.
     The ranks got the default cores // 2 threads each."""
     import psutil
 
-    store = tmp_path / "c.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "stcstore", *_extract_args(tiny_model, review_csv, store),
-                             "--nproc-per-node", "2"], cwd=REPO, env=_clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    ranks: list = []
+    proc, ranks = _start_and_wait_for_ranks(_extract_args(tiny_model, review_csv, tmp_path / "c.zarr"), _clean_env())
     try:
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and len(ranks) < 2:
-            ranks = []
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                try:
-                    if "RANK" in child.environ():
-                        ranks.append(child)
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
-        assert len(ranks) == 2, "both ranks must be running"
-        threads = {r.environ().get("OMP_NUM_THREADS") for r in ranks}
-        assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+        assert {r.environ().get("OMP_NUM_THREADS") for r in ranks} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -211,3 +218,24 @@ def test_ctrl_c_stops_every_rank(tiny_model, review_csv, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("interrupted:") and "resume" in lines[0], stderr
     gone, alive = psutil.wait_procs(ranks, timeout=10)
     assert not alive, "a rank outlived its launcher"
+
+
+@pytest.mark.slow
+def test_rank_killed_by_a_signal_is_named(tiny_model, review_csv, tmp_path):
+    """kill -9 of one rank (nobody prints anything then): the launcher names it in one line, exit 1."""
+    import psutil
+
+    proc, ranks = _start_and_wait_for_ranks(_extract_args(tiny_model, review_csv, tmp_path / "k.zarr"),
+                                            _clean_env(OMP_NUM_THREADS="1"))
+    try:
+        ranks[1].send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 1") and "SIGKILL" in lines[0], stderr
+    assert "resume" in lines[0]
+    gone, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not alive

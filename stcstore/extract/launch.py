@@ -267,7 +267,8 @@ def _exit_code(exc) -> int:
     coded = [(rank, f) for rank, f in failures if f.exitcode > 0]
     if coded:
         return min(coded, key=lambda rf: (rf[1].timestamp, rf[0]))[1].exitcode
-    rank, f = min(failures, key=lambda rf: (rf[1].timestamp, rf[0]))
+    # the launcher SIGTERMs the other ranks once one has died, and records them too: the cause is another signal
+    rank, f = min(failures, key=lambda rf: (rf[1].exitcode == -signal.SIGTERM, rf[1].timestamp, rf[0]))
     try:
         how = signal.Signals(-f.exitcode).name
     except ValueError:
