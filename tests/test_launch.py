@@ -239,3 +239,37 @@ def test_rank_killed_by_a_signal_is_named(tiny_model, review_csv, tmp_path):
     assert "resume" in lines[0]
     gone, alive = psutil.wait_procs(ranks, timeout=10)
     assert not alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
+def test_two_nodes_on_one_host(rendezvous, tiny_model, review_csv, tmp_path):
+    """--nnodes 2: the same command on two "nodes" (here two launchers on this host), one rank each;
+    one summary line in all, every window written by its rank."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "n.zarr"
+    args = [*_extract_args(tiny_model, review_csv, store), "--nproc-per-node", "1", "--nnodes", "2"]
+    per_node = ([["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes"]] * 2 if rendezvous == "c10d" else
+                [["--master-addr", "127.0.0.1", "--master-port", str(port), "--node-rank", str(k)] for k in (0, 1)])
+    procs = [subprocess.Popen([sys.executable, "-m", "stcstore", *args, *extra], cwd=REPO, env=_clean_env(OMP_NUM_THREADS="1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for extra in per_node]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errs
+    lines = [l for e in errs for l in e.splitlines() if l.strip()]
+    assert len(lines) == 1 and "x 2 ranks" in lines[0], errs
+    r = open_run(store, "R")
+    assert r.is_complete()
+    split = r.splits[0]
+    records = r.window_records(split)
+    todo = [(split, w) for w in sorted(records)]
+    for rank in (0, 1):
+        assert {w for w, rec in records.items() if rec["rank"] == rank} == {w for _, w in assign_windows(todo, rank, 2)}

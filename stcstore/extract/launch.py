@@ -22,9 +22,13 @@ import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, fields, replace
-from typing import Collection, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Collection, Iterator, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, StcstoreError
+
+if TYPE_CHECKING:  # typing only: importing them here would load torch with the command line
+    import typer
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 __all__ = ["LaunchSpec", "LAUNCH_OPTIONS", "launch", "rank_command", "threads_per_rank"]
 
@@ -150,7 +154,7 @@ def threads_per_rank(nproc_per_node: int, environ: Optional[Mapping[str, str]] =
     return max(1, (cores or _cores()) // nproc_per_node)
 
 
-def rank_command(ctx, drop: Collection[str] = LAUNCH_OPTIONS) -> list[str]:
+def rank_command(ctx: "typer.Context", drop: Collection[str] = LAUNCH_OPTIONS) -> list[str]:
     """`python -m stcstore <root options> <command> <options>` as `ctx` (a typer/click context) parsed them, minus `drop`.
 
     Only options the user gave are repeated (defaults stay defaults), each as `--name=value`, so a
@@ -160,7 +164,7 @@ def rank_command(ctx, drop: Collection[str] = LAUNCH_OPTIONS) -> list[str]:
     return [sys.executable, "-u", "-m", "stcstore", *root, ctx.info_name, *_given_options(ctx, drop)]
 
 
-def _given_options(ctx, drop: Collection[str]) -> list[str]:
+def _given_options(ctx: "typer.Context", drop: Collection[str]) -> list[str]:
     out: list[str] = []
     for param in ctx.command.params:
         # duck-typed: typer ships its own copy of click, whose classes are not click's
@@ -261,7 +265,7 @@ def launch(spec: LaunchSpec, command: Sequence[str]) -> int:
     return 0
 
 
-def _exit_code(exc) -> int:
+def _exit_code(exc: "ChildFailedError") -> int:
     """The exit code of a failed job: the first rank that exited with a code (it printed its error line)."""
     failures = list(exc.failures.items())
     coded = [(rank, f) for rank, f in failures if f.exitcode > 0]
