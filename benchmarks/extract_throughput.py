@@ -49,7 +49,7 @@ def _plain_model(spec: dict):
 
     from stcstore.models import bundled_model_path
 
-    folder, gguf = bundled_model_path(spec["model"])
+    folder, gguf = (Path(spec["model_dir"]), None) if spec.get("model_dir") else bundled_model_path(spec["model"])
     kw = {"gguf_file": gguf} if gguf else {}
     dtype = torch.bfloat16 if spec["device"] == "cuda" else torch.float32
     tok = AutoTokenizer.from_pretrained(folder, **kw)
@@ -115,7 +115,7 @@ def _loop(spec: dict, naive: bool) -> dict:
     common.drop_warnings()
     device = spec["device"]
     t_all = Timer(device).__enter__()
-    source = load_source("rotten_tomatoes", limit=spec["rows"])
+    source = load_source(spec.get("data") or "rotten_tomatoes", limit=spec["rows"])
     with Timer(device) as t_load:
         model, tok = _plain_model(spec)
     arch = architecture_for(model.config.model_type)
@@ -212,7 +212,8 @@ def worker_extract(spec: dict) -> dict:
         return out
 
     runner.load_model = timed_load
-    cfg = ExtractConfig(model=spec["model"], data="rotten_tomatoes", store=spec["store"], limit=spec["rows"],
+    cfg = ExtractConfig(model=spec.get("model_dir") or spec["model"], data=spec.get("data") or "rotten_tomatoes",
+                        store=spec["store"], limit=spec["rows"],
                         batch_size=spec["batch_size"], max_length=MAX_LENGTH, device=device, progress=False)
     with Timer(device) as t:
         res = runner.extract(cfg)
@@ -232,7 +233,8 @@ def measure_model(model: str, rows: int, batch_size: int, repeats: int, args, sc
     """Interleaved repeats of a, b, c on one model; return figures and raw runs."""
     script = Path(__file__).resolve()
     runs: dict[str, list] = {v: [] for v in VARIANTS}
-    base = {"model": model, "rows": rows, "batch_size": batch_size, "device": args.device}
+    base = {"model": model, "rows": rows, "batch_size": batch_size, "device": args.device,
+            "model_dir": str(args.model_dir) if args.model_dir and model == "minilm" else None, "data": args.data}
     if not args.quick:
         # one untimed run warms the page cache (model file, dataset, Python bytecode)
         log(f"{model}: warm-up")
@@ -284,6 +286,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help="comma-separated subset of minilm,smollm2 (default: both; quick: minilm)")
     p.add_argument("--rows", type=int, default=None, help="rows per model (default: minilm 2000, smollm2 128; quick 128)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (a GPU wants more)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a model folder in place of the bundled MiniLM (scripts/gpu_assets.py model: MiniLM-shaped, "
+                        "random weights; a forward's cost depends on the shapes, not the weights)")
+    p.add_argument("--data", default=None, help="data spec in place of the bundled rotten_tomatoes (a csv with a text column)")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -303,12 +309,15 @@ def main(argv=None) -> int:
             fig, det = measure_model(model, rows, bs, reps, args, scratch)
             figures.update(fig)
             details[model] = det
-    config = {"data": "rotten_tomatoes (bundled)", "max_length": MAX_LENGTH, "pools": "mean,max,first,last",
+    config = {"data": args.data or "rotten_tomatoes (bundled)", "max_length": MAX_LENGTH, "pools": "mean,max,first,last",
               "sites": "hidden,ffn", "store_dtype": "float16",
               "compute_dtype": "bfloat16 (autocast)" if args.device == "cuda" else "float32",
               "models": {m: {"rows": r, "batch_size": b, "repeats": k} for m, r, b, k in plan},
               "timing": "end to end after imports (data + model load, tokenise, forward, write); median of repeats",
               "threads": args.threads or "torch default", "seconds": round(time.perf_counter() - t0, 1)}
+    if args.model_dir:
+        config["minilm_weights"] = (f"{args.model_dir}: MiniLM's shapes, random weights (the bundled model's weights "
+                                    "are not on this machine); a forward's cost depends on the shapes, not the weights")
     common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
     return 0
 

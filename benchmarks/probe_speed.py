@@ -58,7 +58,8 @@ def worker_extract(spec: dict) -> dict:
     from stcstore.extract import extract
 
     common.drop_warnings()
-    res = extract(ExtractConfig(model="minilm", data="rotten_tomatoes", store=spec["store"], limit=spec["rows"],
+    res = extract(ExtractConfig(model=spec.get("model_dir") or "minilm", data=spec.get("data") or "rotten_tomatoes",
+                                store=spec["store"], limit=spec["rows"],
                                 device=spec["device"], progress=False))
     return {"seconds": res.seconds, "rows": res.rows_done_now}
 
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
                    help="search only these poolings (e.g. mean), the same for both backends (default: every stored one)")
     p.add_argument("--c-grid", default=None, help="C values, comma-separated (a reduced grid; default: stcstore's)")
     p.add_argument("--eta-grid", default=None, help="eta values, comma-separated (default: stcstore's)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a model folder in place of the bundled MiniLM (scripts/gpu_assets.py model: MiniLM-shaped, random weights)")
+    p.add_argument("--data", default=None, help="data spec in place of the bundled rotten_tomatoes (a csv with text,label)")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -117,10 +121,16 @@ def main(argv=None) -> int:
             rows = args.rows or 6000
             store = scratch / "rt.zarr"
             log(f"extracting {rows} rows of rotten_tomatoes with minilm (every site and pool)")
-            r = run_worker(script, "extract", {"store": str(store), "rows": rows, "device": args.device},
+            r = run_worker(script, "extract", {"store": str(store), "rows": rows, "device": args.device,
+                                               "model_dir": str(args.model_dir) if args.model_dir else None,
+                                               "data": args.data},
                            threads=args.threads)
             log(f"extracted in {r['seconds']:.0f} s")
             data = f"minilm over rotten_tomatoes, {rows} rows, every site and pool"
+            if args.model_dir:
+                # the search's cost depends on the shapes (rows, layers, widths), not on the weights
+                data = (f"MiniLM-shaped BERT with random weights ({args.model_dir}) over {args.data or 'rotten_tomatoes'}, "
+                        f"{rows} rows, every site and pool: the timings depend on the shapes, not the weights")
         grid = {"c_grid": [0.1, 1.0], "eta_grid": [0.5, 1.0]} if args.quick else {}
         for key, value in (("c_grid", args.c_grid), ("eta_grid", args.eta_grid)):
             if value:

@@ -18,9 +18,12 @@ lognormal scales, GELU on the FFN site: less compressible than real activations.
   ingest_mb_per_s_minilm              the same in MB/s of raw float16
   ingest_speedup_2_cores              MiniLM rows/s on 2 cores / on 1 core          goal >= 1.6
   ingest_serial_cpu_fraction_<model>  share of the writer's CPU time on the main thread and zarr's
-                                      event loop (serial); the rest runs on zarr's pool threads
+                                      event loop (serial); the rest runs on the chunk threads
+                                      (store/codecs.py), whose few GIL-held steps per chunk (Python
+                                      calls, crc32c: about 5% of their time) are not counted here
   ingest_speedup_2_cores_amdahl       1 / (serial + (1 - serial) / 2): the 2-core speedup on an
-                                      otherwise idle machine (a loaded one cannot show it)
+                                      otherwise idle machine (a loaded one cannot show it); an
+                                      upper bound, since the GIL-held steps above are serial too
   ingest_rows_per_s_minilm_<codec>_1core, disk_over_raw_fp16_minilm_<codec>: codec comparison
   projected_h200_forward_rows_per_s_<model>   FLOPs per row = 2 x matmul params x tokens
                                       + attention scores, at --mfu of --peak-tflops (bf16)
@@ -169,7 +172,7 @@ def worker_ingest(spec: dict) -> dict:
             "thread_cpu_s": {k: th1[k] - th0[k] for k in th1}}
 
 
-def _real_minilm(scratch: Path, rows: int) -> Path:
+def _real_minilm(scratch: Path, rows: int, model: str = "minilm", data: str = "rotten_tomatoes") -> Path:
     """One window of real MiniLM activations over Rotten Tomatoes, saved as .npz."""
     import numpy as np
 
@@ -178,8 +181,8 @@ def _real_minilm(scratch: Path, rows: int) -> Path:
     from stcstore.store import open_run
 
     store = scratch / "real.zarr"
-    log(f"extracting {rows} real MiniLM rows (the values every MiniLM window is made from)")
-    extract(ExtractConfig(model="minilm", data="rotten_tomatoes", store=str(store), limit=rows, progress=False))
+    log(f"extracting {rows} rows of {model} (the values every MiniLM window is made from)")
+    extract(ExtractConfig(model=model, data=data, store=str(store), limit=rows, progress=False))
     r = open_run(store)
     path = scratch / "real.npz"
     np.savez(path, **{f"{site}/{pool}": r.read("train", site, pool) for site in r.sites for pool in r.pools})
@@ -193,6 +196,10 @@ def main(argv=None) -> int:
     p.add_argument("--mfu", type=float, default=0.40, help="fraction of the peak the projected forward reaches")
     p.add_argument("--codecs", default=",".join(CODEC_NAMES), help="codecs compared on one core (MiniLM)")
     p.add_argument("--cores", default="1,2", help="core counts the default codec runs on (1 and 2 always)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a MiniLM-shaped model folder in place of the bundled MiniLM (scripts/gpu_assets.py model)")
+    p.add_argument("--data", default=None, help="data spec in place of the bundled rotten_tomatoes")
+    p.add_argument("--note", default=None, help="a note stored with the result (e.g. the machine's load)")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, {"ingest": worker_ingest}):
         return 0
@@ -217,7 +224,8 @@ def main(argv=None) -> int:
             m = MODELS[name]
             rows = plan[name]["chunk_rows"] or chunk_rows_for(min(m["d"], m["d_ff"]), "float16", 10**9)
             if name == "minilm" and not args.quick:
-                real = _real_minilm(scratch, max(64, rows // 4))
+                real = _real_minilm(scratch, max(64, rows // 4), str(args.model_dir or "minilm"),
+                                    args.data or "rotten_tomatoes")
             runs = [(c, 1) for c in (codecs if name == "minilm" else [DEFAULT_CODEC])] + \
                 [(DEFAULT_CODEC, n) for n in core_counts if n > 1]
             res: dict[tuple[str, int], list] = {}
@@ -251,7 +259,7 @@ def main(argv=None) -> int:
             sfx = "" if name == "minilm" else "_" + name
             figures[f"ingest_speedup_2_cores{sfx}"] = r2 / r1 if two == 2 else None
             # Amdahl from the one-core run's CPU split, which other jobs on the machine do not change:
-            # zarr's event loop and the main thread are serial, the pool threads (compression, file
+            # zarr's event loop and the main thread are serial, the chunk threads (compression, file
             # writes) run in parallel across chunks
             th = best[(DEFAULT_CODEC, 1)]["thread_cpu_s"]
             serial = (th["main"] + th["loop"]) / max(sum(th.values()), 1e-9)
@@ -266,11 +274,15 @@ def main(argv=None) -> int:
     config = {"default_codec": DEFAULT_CODEC, "codecs_compared": codecs, "cores": core_counts,
               "ingest_over_projected_uses_cores": most, "rounds": reps,
               "tokens_per_row": args.tokens, "peak_tflops_bf16": args.peak_tflops, "mfu": args.mfu,
-              "minilm_values": "synthetic Gaussian" if args.quick else "real MiniLM window, columns permuted",
+              "minilm_values": "synthetic Gaussian" if args.quick else (
+                  f"a window of a MiniLM-shaped BERT with random weights ({args.model_dir}), columns permuted: "
+                  "compressibility may differ from real MiniLM's" if args.model_dir else "real MiniLM window, columns permuted"),
               "llama3_8b_values": "synthetic Gaussian (pools mean,last)",
               "zarr": __import__("zarr").__version__, "seconds": round(time.perf_counter() - t0, 1),
               # other jobs on the machine take cores from the 2-core runs: the load says how many
               "load_avg_1min": {"start": load0, "end": os.getloadavg()[0]}}
+    if args.note:
+        config["note"] = args.note
     common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
     return 0
 

