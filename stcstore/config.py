@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import ConfigError
@@ -85,6 +85,10 @@ class ExtractConfig:
     device_map: Optional[str] = None
     # codec of the stored activations (not in the fingerprint: the numbers read back are the same)
     codec: str = DEFAULT_CODEC
+    # fsspec options of a store URL (s3://...: key, secret, endpoint_url, ...), besides the environment
+    storage_options: dict = field(default_factory=dict)
+    # remove the run's lock first if its writer died (store.lock.break_lock)
+    break_lock: bool = False
 
     def validate(self) -> "ExtractConfig":
         """Check option values; raise ConfigError naming the bad one."""
@@ -174,6 +178,8 @@ class ProbeConfig:
     cv: Optional[int] = None
     # bytes a probe fit may use on its device ('2GB', '512MiB' or a number); None: a share of what is free
     memory_budget: Optional[int | str] = None
+    # fsspec options of a store URL (s3://...: key, secret, endpoint_url, ...), besides the environment
+    storage_options: dict = field(default_factory=dict)
 
     def validate(self) -> "ProbeConfig":
         """A checked copy (sorted grids, parsed lists); raise ConfigError naming the bad option."""

@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,7 +14,8 @@ from rich.text import Text
 
 from ..errors import StcstoreError, UserError
 
-__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command"]
+__all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command",
+           "STORAGE_OPTION_HELP", "store_location"]
 
 
 def _console(stderr: bool) -> Console:
@@ -107,6 +108,21 @@ def split_csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+# --storage-option, shared by every command that takes --store
+STORAGE_OPTION_HELP = (
+    "Option of a store URL's file system, KEY=VALUE (repeatable; values parse as JSON: anon=true), e.g. "
+    "endpoint_url=http://host:9000 for s3://. Credentials also come from the usual environment variables "
+    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, ...)."
+)
+
+
+def store_location(store: str, storage_option: Optional[List[str]]):
+    """The Location of `--store` (a folder or a URL) with its `--storage-option`s."""
+    from ..store.location import open_location, parse_storage_options
+
+    return open_location(store, parse_storage_options(storage_option))
 
 
 def self_command() -> str:

@@ -9,7 +9,7 @@ import typer
 
 from ..config import DEFAULT_CODEC, ExtractConfig
 from .app import app
-from .common import err_console, handle_errors, split_csv
+from .common import STORAGE_OPTION_HELP, err_console, handle_errors, split_csv
 
 _LAUNCH = "Start the ranks (instead of torchrun)"
 
@@ -20,7 +20,7 @@ def extract_cmd(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Hub id, local folder, .gguf file, or alias minilm / smollm2."),
     data: str = typer.Option(..., "--data", help="Hub dataset id, csv / jsonl / parquet file, or alias rotten_tomatoes."),
-    store: str = typer.Option(..., "--store", help="Zarr store directory (created if missing)."),
+    store: str = typer.Option(..., "--store", help="Zarr store: a folder (created if missing) or a URL (s3://bucket/x.zarr, gs://..., memory://..., any fsspec protocol)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run name inside the store (default: <model>__<data>)."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Source columns to store, comma-separated (default: every scalar column but the text)."),
@@ -38,6 +38,8 @@ def extract_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="Codec of the stored activations: lz4 (fast, about 0.97 of raw float16), zstd (0.87, about 5x slower), zstd1, none. Every chunk also carries a crc32c checksum."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one GPU over the GPUs and CPU memory (accelerate); also balanced, sequential."),
+    storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help=STORAGE_OPTION_HELP),
+    break_lock: bool = typer.Option(False, "--break-lock", help="First remove the run's lock if the writer that held it died (checks that its heartbeat stopped; says what it removed)."),
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", rich_help_panel=_LAUNCH, help="Start N ranks on this node and extract with all of them, as torchrun would (one per GPU; on CPU each rank gets cores // N threads unless OMP_NUM_THREADS is set)."),
     nnodes: int = typer.Option(1, "--nnodes", rich_help_panel=_LAUNCH, help="Nodes in the job: run the same command on each, with --rdzv-endpoint."),
     node_rank: Optional[int] = typer.Option(None, "--node-rank", rich_help_panel=_LAUNCH, help="This node's number, 0 to nnodes-1 (static rendezvous only)."),
@@ -49,12 +51,14 @@ def extract_cmd(
 ) -> None:
     """Run a model over a dataset and store pooled activations of every layer (resumable)."""
     from ..extract import extract
+    from ..store.location import parse_storage_options
 
     cfg = ExtractConfig(
         model=model, data=data, store=store, run=run, text_column=text_column, columns=split_csv(columns),
         splits=tuple(split) if split else None, pools=pool, sites=site, max_length=max_length,
         batch_size=batch_size, device=device, dtype=dtype, limit=limit, chunk_rows=chunk_rows,
         trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map, codec=codec,
+        storage_options=parse_storage_options(storage_option), break_lock=break_lock,
     )
     from ..extract.launch import LaunchSpec
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from .app import app
-from .common import handle_errors, out_console
+from .common import STORAGE_OPTION_HELP, handle_errors, out_console, store_location
 
 
 def _mb(n: int) -> str:
@@ -37,15 +38,15 @@ def _columns(per_split: dict[str, list[str]]) -> str:
 @app.command("info")
 @handle_errors
 def info_cmd(
-    store: str = typer.Option(..., "--store", help="Store directory."),
+    store: str = typer.Option(..., "--store", help="Store: a folder or a URL (s3://bucket/x.zarr, ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help=STORAGE_OPTION_HELP),
 ) -> None:
     """Runs, fingerprints, splits, shapes, dtype, bytes, completion, stored columns, experiments and their scores."""
     from ..store.info import store_summary
     from ..store.root import check_store_path
 
-    check_store_path(store, must_exist=True)
-    s = store_summary(store)
+    s = store_summary(check_store_path(store_location(store, storage_option), must_exist=True))
     if as_json:
         out_console.print_json(json.dumps(s))
         return

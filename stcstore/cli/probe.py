@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .app import app
-from .common import err_console, handle_errors, out_console, split_csv
+from .common import STORAGE_OPTION_HELP, err_console, handle_errors, out_console, split_csv
 
 
 def _floats(value: Optional[str], flag: str) -> Optional[tuple[float, ...]]:
@@ -25,7 +25,7 @@ def _floats(value: Optional[str], flag: str) -> Optional[tuple[float, ...]]:
 @app.command("probe")
 @handle_errors
 def probe_cmd(
-    store: str = typer.Option(..., "--store", help="Store directory written by `stcstore extract`."),
+    store: str = typer.Option(..., "--store", help="Store written by `stcstore extract`: a folder or a URL (s3://bucket/x.zarr, ...)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run inside the store (default: its only run)."),
     label: str = typer.Option(..., "--label", help="Stored column holding the labels (ints, bools or strings)."),
     split_column: Optional[str] = typer.Option(
@@ -57,17 +57,19 @@ def probe_cmd(
     memory_budget: Optional[str] = typer.Option(
         None, "--memory-budget",
         help="Memory a probe fit may use on its device, e.g. 2GB or 512MiB (default: 80% of free GPU memory, 50% of available RAM)."),
+    storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help=STORAGE_OPTION_HELP),
 ) -> None:
     """Probe every layer, sparsify, aggregate the first k layers; pick on val, score test once."""
     from ..config import ProbeConfig
     from ..probe.report import render_class_table, render_table
     from ..probe.search import run_probe
+    from ..store.location import parse_storage_options
 
     kwargs = dict(
         store=store, label=label, run=run, split_column=split_column, backend=backend, name=name, out=out,
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
         progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite, memory_budget=memory_budget,
-        selection=selection, refit=not no_refit, cv=cv,
+        selection=selection, refit=not no_refit, cv=cv, storage_options=parse_storage_options(storage_option),
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

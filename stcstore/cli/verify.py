@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .app import app
-from .common import err_console, handle_errors, out_console
+from .common import STORAGE_OPTION_HELP, err_console, handle_errors, out_console, store_location
 
 
 @app.command("verify")
 @handle_errors
 def verify_cmd(
-    store: str = typer.Option(..., "--store", help="Store directory."),
+    store: str = typer.Option(..., "--store", help="Store: a folder or a URL (s3://bucket/x.zarr, ...)."),
     run: Optional[str] = typer.Option(None, "--run", help="Only this run (default: every run of the store)."),
     repair: bool = typer.Option(False, "--repair", help="Forget the damaged windows' commit records, so rerunning the same extract command redoes them."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    storage_option: Optional[List[str]] = typer.Option(None, "--storage-option", help=STORAGE_OPTION_HELP),
 ) -> None:
     """Check that every committed window's chunks exist and decode (crc32c checksum where stored); exit 2 when not."""
     from ..errors import DamagedRunError
@@ -26,7 +27,7 @@ def verify_cmd(
     from ..store.root import check_store_path, list_runs, open_root
     from ..store.verify import damage_message, drop_windows, verify_run, verify_units
 
-    check_store_path(store, must_exist=True)
+    store = check_store_path(store_location(store, storage_option), must_exist=True)
     with quiet_zarr():
         runs = [run] if run is not None else list_runs(open_root(store))
     readers = [RunReader(store, name) for name in runs]

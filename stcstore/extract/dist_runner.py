@@ -11,7 +11,8 @@ from ..errors import StcstoreError, StoreError
 from ..store import RunWriter, WriterLock, open_root
 from ..store.quiet import quiet_zarr
 from .distributed import DistContext, DistEnv, RunProgress, Status, assign_windows
-from .runner import ExtractResult, _open_or_create, _Prepared, _prepare, _refuse_mismatch, _result, _run_windows, _todo
+from .runner import (ExtractResult, _break_lock, _open_or_create, _Prepared, _prepare, _refuse_mismatch, _result,
+                     _run_windows, _todo)
 
 __all__ = ["extract_distributed"]
 
@@ -31,8 +32,10 @@ def extract_distributed(config: ExtractConfig, env: DistEnv) -> ExtractResult:
                     _refuse_mismatch(prep)
                     with quiet_zarr():
                         root = open_root(prep.store_path, create=True)
+                    _break_lock(config, prep)
                     lock = WriterLock(prep.run_dir, prep.run).acquire()  # held for the whole job
                     writer = _open_or_create(config, prep, root)
+                    writer.lock = lock
                     status.todo, status.resumed = _todo(writer)
             except Exception as e:  # reported to every rank by ctx.check
                 status, exc = Status.failed(env.rank, e), e
@@ -91,7 +94,7 @@ def _attach(prep: _Prepared) -> RunWriter:
     if not (prep.store_path / "zarr.json").is_file():
         raise StoreError(
             f"store {where} not found although rank 0 created it: put the store on a file system "
-            f"that every node shares"
+            f"that every node shares, or in object storage (s3://...)"
         )
     with quiet_zarr():
         root = open_root(prep.store_path, create=True)  # exists: opens for writing, creates nothing
@@ -99,6 +102,6 @@ def _attach(prep: _Prepared) -> RunWriter:
         if not writer.open_existing(prep.fingerprint):
             raise StoreError(
                 f"run {prep.run!r} not found in store {where} although rank 0 created it: put the store "
-                f"on a file system that every node shares"
+                f"on a file system that every node shares, or in object storage (s3://...)"
             )
     return writer

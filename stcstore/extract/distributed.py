@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 
 from ..errors import ConfigError, StcstoreError, UserError
+from ..store.location import Location
 from ..store.progress import committed_windows
 
 __all__ = [
@@ -317,14 +318,14 @@ class RunProgress:
     collective, so it cannot deadlock whatever the ranks' shares.
     """
 
-    def __init__(self, layout, run_dir: Path, run_name: str, todo: Sequence[Window], mine: Iterable[Window],
+    def __init__(self, layout, run_dir: "Path | Location", run_name: str, todo: Sequence[Window], mine: Iterable[Window],
                  enabled: bool, poll_s: float = 1.0):
         from ..progress import progress_bar
 
         self.start_t = time.monotonic()
         self._stop_t: Optional[float] = None
         self.layout = layout
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir  # a local folder or a Location on object storage
         total = sum(layout.splits.values())
         remaining = sum(self._rows(w) for w in todo)
         mine_set = set(mine)

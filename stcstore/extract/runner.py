@@ -18,7 +18,9 @@ from ..config import ExtractConfig
 from ..errors import ConfigError, MissingDependencyError
 from ..models import LoadedModel, load_model, resolve_model
 from ..store import RunLayout, RunWriter, WriterLock, check_store_path, chunk_rows_for, committed_windows, open_root
-from ..store.layout import FORMAT_VERSION
+from ..store.layout import FORMAT_VERSION, LOCK_FILE
+from ..store.location import Location, open_location
+from ..store.lock import break_lock
 from ..store.quiet import quiet_zarr
 from ..store.writer import check_fingerprint
 from .batching import iter_batches, tokenize_window
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 class ExtractResult:
     """What one call of `extract` did."""
 
-    store: Path
+    store: "Path | str"         # the store's folder, or its URL on object storage
     run: str
     rows_total: int
     rows_done_now: int
@@ -115,10 +117,10 @@ class _Prepared:
     n_layers: dict[str, int]
     fingerprint: dict[str, Any]
     run: str
-    store_path: Path
+    store_path: Location          # the store: a local folder or an object-storage URL
 
     @property
-    def run_dir(self) -> Path:
+    def run_dir(self) -> Location:
         return self.store_path / self.run
 
 
@@ -139,8 +141,10 @@ def extract(config: ExtractConfig) -> ExtractResult:
     _refuse_mismatch(prep)
     with quiet_zarr():
         root = open_root(prep.store_path, create=True)
-    with WriterLock(prep.run_dir, prep.run):
+    _break_lock(config, prep)
+    with WriterLock(prep.run_dir, prep.run) as lock:
         writer = _open_or_create(config, prep, root)
+        writer.lock = lock
         todo, resumed = _todo(writer)
         progress = RunProgress(writer.layout, writer.run_dir, writer.run_name, todo, todo, config.progress)
         try:
@@ -157,7 +161,8 @@ def _prepare(config: ExtractConfig, env: Optional[DistEnv], check_store: bool = 
 
     config.validate()
     # under torchrun only rank 0 checks the store here: the others look after it is created
-    store_path = check_store_path(config.store, must_exist=False) if check_store else Path(config.store).expanduser()
+    store_path = check_store_path(config.store, must_exist=False, storage_options=config.storage_options) \
+        if check_store else open_location(config.store, config.storage_options)
     source = load_source(
         config.data, text_column=config.text_column, columns=config.columns, splits=config.splits,
         limit=config.limit, trust_remote_code=config.trust_remote_code,
@@ -190,6 +195,12 @@ def _prepare(config: ExtractConfig, env: Optional[DistEnv], check_store: bool = 
         raise ConfigError(f"--run {run!r} is not a valid run name: use letters, digits, '.', '_' and '-'")
     return _Prepared(source, loaded, device, compute_dtype, max_length, chunk_rows, widths, n_layers,
                      fingerprint, run, store_path)
+
+
+def _break_lock(config: ExtractConfig, prep: _Prepared) -> None:
+    """--break-lock: remove the run's lock if its writer died, saying what was removed."""
+    if config.break_lock:
+        log.warning("%s", break_lock(prep.run_dir / LOCK_FILE, f"run {prep.run!r}"))
 
 
 def _refuse_mismatch(prep: _Prepared) -> None:
@@ -254,8 +265,9 @@ def _result(prep: _Prepared, stats: dict[str, Any], seconds: float, rank: int = 
         prep.run, stats["rows"], work_seconds, seconds, stats["rows"] / max(work_seconds or seconds, 1e-9),
         stats["truncated"], prep.max_length,
     )
+    loc = prep.store_path
     return ExtractResult(
-        store=prep.store_path, run=prep.run, rows_total=sum(len(s) for s in prep.source.splits.values()),
+        store=loc.local_path if loc.is_local else loc.url, run=prep.run, rows_total=sum(len(s) for s in prep.source.splits.values()),
         rows_done_now=stats["rows"], windows_resumed=stats["resumed"], tokens=stats["tokens"],
         truncated=stats["truncated"], seconds=seconds, device=str(prep.device),
         compute_dtype=dtype_name(prep.compute_dtype), rank=rank, world_size=world_size, work_seconds=work_seconds,

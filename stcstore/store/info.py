@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .layout import itemsize
+from .layout import PROBES_DIR, itemsize
+from .location import Location, open_location
 from .quiet import quiet_zarr
 from .reader import RunReader
 from .root import list_runs, open_root
@@ -14,30 +15,32 @@ from .root import list_runs, open_root
 __all__ = ["store_summary"]
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-
-
-def _experiment(path: Path) -> dict[str, Any]:
+def _experiment(loc: Location) -> dict[str, Any]:
     """What `info` shows of one probe experiment, from its report.json (None where unreadable)."""
     try:
-        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        report = json.loads((loc / "report.json").read_text())
         stc = report.get("stc") or {}
-        return {"name": path.name, "label": report.get("label"), "classes": report.get("classes"),
+        return {"name": loc.name, "label": report.get("label"), "classes": report.get("classes"),
                 "val": stc.get("val"), "test": stc.get("test"),
                 "stc": {k: stc.get(k) for k in ("site", "pool", "k", "eta", "C", "n_features")}}
     except (OSError, ValueError, AttributeError):
-        return {"name": path.name, "label": None, "classes": None, "val": None, "test": None, "stc": None}
+        return {"name": loc.name, "label": None, "classes": None, "val": None, "test": None, "stc": None}
 
 
-def store_summary(store: str | Path) -> dict[str, Any]:
+def _bytes_under(files: dict[str, int], prefix: str) -> int:
+    prefix = prefix.rstrip("/") + "/"
+    return sum(size for name, size in files.items() if name.startswith(prefix))
+
+
+def store_summary(store: "str | Path | Location") -> dict[str, Any]:
     """Everything `stcstore info` shows, as a JSON-able dict."""
-    store = Path(store).expanduser()
+    loc = open_location(store)
     with quiet_zarr():
-        runs = list_runs(open_root(store))
-    out: dict[str, Any] = {"store": str(store), "bytes_on_disk": _dir_bytes(store), "runs": []}
+        runs = list_runs(open_root(loc))
+    files = loc.files()  # one listing of the whole store (one request per 1,000 objects on S3)
+    out: dict[str, Any] = {"store": loc.url, "bytes_on_disk": sum(files.values()), "runs": []}
     for name in runs:
-        r = RunReader(store, name)
+        r = RunReader(loc, name)
         arrays = []
         for split in r.splits:
             for site in r.sites:
@@ -46,7 +49,7 @@ def store_summary(store: str | Path) -> dict[str, Any]:
                     raw = int(a.size) * itemsize(r.layout.dtype)
                     arrays.append({"split": split, "site": site, "pool": pool, "shape": list(a.shape),
                                    "dtype": r.layout.dtype, "bytes_raw": raw,
-                                   "bytes_stored": _dir_bytes(r.run_dir / split / site / pool)})
+                                   "bytes_stored": _bytes_under(files, f"{name}/{split}/{site}/{pool}")})
         completion = r.completion()
         truncated = sum(rec.get("truncated", 0) for s in r.splits for rec in r.window_records(s).values())
         out["runs"].append({
@@ -65,6 +68,6 @@ def store_summary(store: str | Path) -> dict[str, Any]:
             "experiments": r.experiments(),
             # what --label / --split-column can take, per split
             "columns": {s: r.columns(s) for s in r.splits},
-            "experiment_reports": [_experiment(r.probes_dir() / e) for e in r.experiments()],
+            "experiment_reports": [_experiment(r.run_loc / PROBES_DIR / e) for e in r.experiments()],
         })
     return out

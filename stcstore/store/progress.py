@@ -9,67 +9,61 @@ chunks as the fill value.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .layout import PROGRESS_DIR
+from .location import Location, open_location
 
 __all__ = ["commit_window", "uncommit_window", "committed_windows", "window_records", "clear_progress", "atomic_write_text"]
 
-
-def _split_dir(run_dir: Path, split: str) -> Path:
-    return run_dir / PROGRESS_DIR / split
+RunDir = "Path | str | Location"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see either the old content or the new, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _split_dir(run_dir: RunDir, split: str) -> Location:
+    return open_location(run_dir) / PROGRESS_DIR / split
 
 
-def commit_window(run_dir: Path, split: str, window: int, record: dict[str, Any]) -> None:
-    """Mark one window of a split as fully written (call after its chunks are on disk)."""
-    atomic_write_text(_split_dir(run_dir, split) / f"w{window:08d}.json", json.dumps(record))
+def _record_name(window: int) -> str:
+    return f"w{window:08d}.json"
 
 
-def uncommit_window(run_dir: Path, split: str, window: int) -> bool:
+def _is_record(name: str) -> bool:
+    return name.startswith("w") and name.endswith(".json") and name[1:9].isdigit()
+
+
+def atomic_write_text(path: "Path | str | Location", text: str) -> None:
+    """Write a file so readers see either the old content or the new, never a torn one.
+
+    Local: temp file + rename; object storage: one PUT (atomic there).
+    """
+    open_location(path).write_text(text)
+
+
+def commit_window(run_dir: RunDir, split: str, window: int, record: dict[str, Any]) -> None:
+    """Mark one window of a split as fully written (call after its chunks are stored)."""
+    (_split_dir(run_dir, split) / _record_name(window)).write_text(json.dumps(record))
+
+
+def uncommit_window(run_dir: RunDir, split: str, window: int) -> bool:
     """Forget one committed window (its chunks are damaged): the next extract redoes it."""
-    path = _split_dir(run_dir, split) / f"w{window:08d}.json"
-    if not path.is_file():
-        return False
-    path.unlink()
-    return True
+    return (_split_dir(run_dir, split) / _record_name(window)).remove()
 
 
-def committed_windows(run_dir: Path, split: str) -> set[int]:
+def committed_windows(run_dir: RunDir, split: str) -> set[int]:
     """Indices of the committed windows of a split."""
-    d = _split_dir(run_dir, split)
-    if not d.is_dir():
-        return set()
-    return {int(p.name[1:9]) for p in d.iterdir() if p.name.startswith("w") and p.name.endswith(".json")}
+    return {int(n[1:9]) for n in _split_dir(run_dir, split).children() if _is_record(n)}
 
 
-def window_records(run_dir: Path, split: str) -> dict[int, dict[str, Any]]:
+def window_records(run_dir: RunDir, split: str) -> dict[int, dict[str, Any]]:
     """The records (rows, tokens, truncated, seconds) of every committed window of a split."""
     d = _split_dir(run_dir, split)
-    out: dict[int, dict[str, Any]] = {}
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.name.startswith("w") and p.name.endswith(".json"):
-                out[int(p.name[1:9])] = json.loads(p.read_text(encoding="utf-8"))
-    return out
+    return {int(n[1:9]): json.loads((d / n).read_text()) for n in d.children() if _is_record(n)}
 
 
-def clear_progress(run_dir: Path) -> None:
+def clear_progress(run_dir: RunDir) -> None:
     """Forget every committed window (used when a run's arrays are recreated)."""
-    root = run_dir / PROGRESS_DIR
-    if root.is_dir():
-        for split_dir in root.iterdir():
-            for p in split_dir.iterdir():
-                p.unlink()
+    root = open_location(run_dir) / PROGRESS_DIR
+    for split in root.children():
+        for name in (root / split).children():
+            (root / split / name).remove()

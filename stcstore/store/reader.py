@@ -13,6 +13,7 @@ from .codecs import pool_checksums
 from .layout import N_TOKENS, PROBES_DIR, ROW_ID, RUN_ATTR, array_path, column_path
 from .progress import committed_windows, window_records
 from .quiet import quiet_zarr
+from .location import Location, open_location
 from .root import open_root, resolve_run
 from .writer import RunLayout
 
@@ -22,15 +23,26 @@ __all__ = ["RunReader", "open_run"]
 class RunReader:
     """Read-only view of one extraction run of a store."""
 
-    def __init__(self, store: str | Path, run: str | None = None):
-        self.store_path = Path(store).expanduser()
+    def __init__(self, store: "str | Path | Location", run: str | None = None):
+        # where the store lives: a local folder or an object-storage URL (location.py)
+        self.location = open_location(store)
         with quiet_zarr():
-            self.root = open_root(self.store_path)
-            self.name = resolve_run(self.root, run, self.store_path)
+            self.root = open_root(self.location)
+            self.name = resolve_run(self.root, run, self.location)
             self.group: zarr.Group = self.root[self.name]
         self.meta: dict[str, Any] = self.group.attrs[RUN_ATTR]
         self.layout = RunLayout.from_meta(self.meta["layout"])
-        self.run_dir = self.store_path / self.name
+        self.run_loc = self.location / self.name
+
+    @property
+    def store_path(self) -> "Path | str":
+        """The store's local folder, or its URL on object storage."""
+        return self.location.local_path if self.location.is_local else self.location.url
+
+    @property
+    def run_dir(self) -> "Path | Location":
+        """The run's local folder (a Location on object storage)."""
+        return self.run_loc.local_path if self.run_loc.is_local else self.run_loc
 
     # -- shape of the run ----------------------------------------------------------------
     @property
@@ -77,7 +89,7 @@ class RunReader:
     # -- progress -------------------------------------------------------------------------
     def completion(self) -> dict[str, tuple[int, int]]:
         """Committed and total windows per split."""
-        return {s: (len(committed_windows(self.run_dir, s)), self.layout.n_windows(s)) for s in self.splits}
+        return {s: (len(committed_windows(self.run_loc, s)), self.layout.n_windows(s)) for s in self.splits}
 
     def is_complete(self) -> bool:
         """True when every window of every split is committed."""
@@ -99,7 +111,7 @@ class RunReader:
 
     def window_records(self, split: str) -> dict[int, dict[str, Any]]:
         """Per-window records (rows, tokens, truncated, seconds) of a split."""
-        return window_records(self.run_dir, split)
+        return window_records(self.run_loc, split)
 
     # -- data -----------------------------------------------------------------------------
     def array(self, split: str, site: str, pool: str) -> zarr.Array:
@@ -153,8 +165,8 @@ class RunReader:
 
     def experiments(self) -> list[str]:
         """Names of the probe experiments stored in this run."""
-        d = self.probes_dir()
-        return sorted(p.name for p in d.iterdir() if not p.name.startswith(".") and (p / "report.json").is_file()) if d.is_dir() else []
+        d = self.run_loc / PROBES_DIR
+        return sorted(n for n in d.children() if not n.startswith(".") and (d / n / "report.json").is_file())
 
     # -- checks ---------------------------------------------------------------------------
     def _check_split(self, split: str) -> None:
@@ -166,6 +178,6 @@ class RunReader:
             raise StoreNotFoundError(f"site {site!r} not in run {self.name!r} (sites: {','.join(self.sites)})")
 
 
-def open_run(store: str | Path, run: str | None = None) -> RunReader:
+def open_run(store: "str | Path | Location", run: str | None = None) -> RunReader:
     """Open one run of a store for reading (the store's only run when `run` is None)."""
     return RunReader(store, run)

@@ -3,39 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Optional
 
 import zarr
 
 from ..errors import StoreError, StoreNotFoundError
 from .layout import FORMAT_VERSION, ROOT_ATTR, RUN_ATTR
+from .location import Location, open_location
 from .quiet import quiet_zarr
 
 __all__ = ["check_store_path", "open_root", "list_runs", "resolve_run", "metadata_errors"]
 
 
-def _damaged_metadata(store: Path) -> tuple[str, str] | None:
+def _damaged_metadata(store: Location) -> tuple[str, str] | None:
     """The first zarr.json under a store that is not a Zarr v3 node document: (relative path, why)."""
-    for dirpath, dirnames, filenames in os.walk(store):
-        dirnames[:] = sorted(d for d in dirnames if d != "c")  # "c/" holds chunks, never metadata
-        if "zarr.json" not in filenames:
-            continue
-        path = Path(dirpath) / "zarr.json"
+    # "c/" holds chunks, never metadata
+    names = sorted(k for k in store.files() if k.rsplit("/", 1)[-1] == "zarr.json" and "/c/" not in f"/{k}")
+    for rel in names:
         try:
-            doc = json.loads(path.read_bytes())
+            doc = json.loads((store / rel).read_bytes())
         except (ValueError, UnicodeDecodeError) as exc:
-            return str(path.relative_to(store)), f"not JSON: {exc}"
+            return rel, f"not JSON: {exc}"
         if not isinstance(doc, dict) or doc.get("node_type") not in ("group", "array") \
                 or not isinstance(doc.get("attributes", {}), dict):
-            return str(path.relative_to(store)), "not a Zarr group or array document"
+            return rel, "not a Zarr group or array document"
     return None
 
 
 @contextmanager
-def metadata_errors(store: str | Path | None) -> Iterator[None]:
+def metadata_errors(store: "str | Path | Location | None") -> Iterator[None]:
     """Turn zarr's failure to decode a damaged zarr.json of this store into one StoreError naming the file."""
     try:
         yield
@@ -44,7 +42,7 @@ def metadata_errors(store: str | Path | None) -> Iterator[None]:
     except (ValueError, TypeError, zarr.errors.BaseZarrError) as exc:
         # zarr raises JSONDecodeError, TypeError or its own errors from deep inside; only a file
         # we can point at becomes a user-facing message, anything else stays a real bug
-        found = None if store is None else _damaged_metadata(Path(store).expanduser())
+        found = None if store is None else _damaged_metadata(open_location(store))
         if found is None:
             raise
         raise StoreError(
@@ -53,51 +51,59 @@ def metadata_errors(store: str | Path | None) -> Iterator[None]:
         ) from exc
 
 
-def check_store_path(path: str | Path, *, must_exist: bool) -> Path:
-    """Validate a store path; raise a one-line error naming the problem and the fix."""
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise StoreError(f"store path {str(p)!r} is a file: give a directory path such as {p.stem}.zarr")
-    if not p.exists():
+def check_store_path(path: "str | Path | Location", *, must_exist: bool,
+                     storage_options: Optional[Mapping[str, Any]] = None) -> Location:
+    """Validate a store path or URL; raise a one-line error naming the problem and the fix."""
+    p = open_location(path, storage_options)
+    if p.is_local and p.local_path.exists() and not p.local_path.is_dir():
+        raise StoreError(f"store path {p.url!r} is a file: give a directory path such as {p.local_path.stem}.zarr")
+    meta_file = p / "zarr.json"
+    has_meta = meta_file.is_file()
+    if not has_meta and not p.exists():
         if must_exist:
             raise StoreNotFoundError(
-                f"store {str(p)!r} does not exist: run `stcstore extract --store {p}` first"
+                f"store {p.url!r} does not exist: run `stcstore extract --store {p.url}` first"
+            )
+        bucket = p.bucket()
+        if bucket is not None and not bucket.exists():
+            raise StoreNotFoundError(
+                f"bucket {bucket.url!r} does not exist (or these credentials cannot see it): create it first, "
+                f"or check --store and AWS_ENDPOINT_URL / --storage-option endpoint_url"
             )
         return p
-    has_meta = (p / "zarr.json").is_file()
-    if not has_meta and any(p.iterdir()):
+    if not has_meta and p.children():
         raise StoreError(
-            f"{str(p)!r} is a directory but not a stcstore store: give a new or empty path"
+            f"{p.url!r} is a directory but not a stcstore store: give a new or empty path"
         )
     if has_meta:
         with metadata_errors(p):
-            attrs = zarr.open_group(str(p), mode="r").attrs.asdict()
+            attrs = zarr.open_group(p.zarr_store(read_only=True), mode="r").attrs.asdict()
         meta = attrs.get(ROOT_ATTR)
         if not isinstance(meta, dict):
-            raise StoreError(f"{str(p)!r} is a Zarr group but not a stcstore store: give another path")
+            raise StoreError(f"{p.url!r} is a Zarr group but not a stcstore store: give another path")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise StoreError(
-                f"store {str(p)!r} has format {meta.get('format_version')}, newer than this "
+                f"store {p.url!r} has format {meta.get('format_version')}, newer than this "
                 f"stcstore reads ({FORMAT_VERSION}): upgrade stcstore"
             )
     elif must_exist:
-        raise StoreNotFoundError(f"store {str(p)!r} is empty: run `stcstore extract --store {p}` first")
+        raise StoreNotFoundError(f"store {p.url!r} is empty: run `stcstore extract --store {p.url}` first")
     return p
 
 
-def open_root(path: str | Path, *, create: bool = False) -> zarr.Group:
+def open_root(path: "str | Path | Location", *, create: bool = False) -> zarr.Group:
     """Open the root group of a store (creating it when asked)."""
     p = check_store_path(path, must_exist=not create)
     if create and not (p / "zarr.json").is_file():
-        root = zarr.open_group(str(p), mode="a")
+        root = zarr.open_group(p.zarr_store(), mode="a")
         root.attrs[ROOT_ATTR] = {"format_version": FORMAT_VERSION}
         return root
-    return zarr.open_group(str(p), mode="a" if create else "r")
+    return zarr.open_group(p.zarr_store(read_only=not create), mode="a" if create else "r")
 
 
 def list_runs(root: zarr.Group) -> list[str]:
     """Names of the runs in a store whose arrays were fully created."""
-    with quiet_zarr(), metadata_errors(getattr(root.store, "root", None)):
+    with quiet_zarr(), metadata_errors(_store_location(root)):
         return sorted(name for name, g in root.groups() if RUN_ATTR in g.attrs)
 
 
@@ -114,3 +120,12 @@ def resolve_run(root: zarr.Group, run: str | None, store_path: str | Path) -> st
     if len(runs) > 1:
         raise StoreError(f"store {str(store_path)!r} has several runs ({', '.join(runs)}): pick one with --run")
     return runs[0]
+
+
+def _store_location(root: zarr.Group) -> Optional[Location]:
+    """The Location of an opened root group (for naming a damaged file), where zarr tells it."""
+    store = root.store
+    local = getattr(store, "root", None)
+    if local is not None:
+        return open_location(Path(local))
+    return None

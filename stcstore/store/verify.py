@@ -11,7 +11,6 @@ rerunning the same extract command redoes them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -80,27 +79,17 @@ def _targets(reader: RunReader) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _chunk_files(array_dir: Path) -> set[str]:
-    """Every file under an array's folder, as '/'-joined paths relative to it."""
-    found: set[str] = set()
-    for dirpath, _, files in os.walk(array_dir):
-        rel = os.path.relpath(dirpath, array_dir)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.update(prefix + f for f in files)
-    return found
-
-
 def missing_chunks(reader: RunReader) -> list[Damage]:
     """Chunks of committed windows that have no file (a listing per array; reads no data)."""
     lay = reader.layout
-    committed = {s: sorted(committed_windows(reader.run_dir, s)) for s in reader.splits}
+    committed = {s: sorted(committed_windows(reader.run_loc, s)) for s in reader.splits}
     out: list[Damage] = []
     with quiet_zarr():
         for split, path, layered in _targets(reader):
             if not committed[split]:
                 continue
             arr = reader.group[path]
-            files = _chunk_files(reader.run_dir / path)
+            files = set((reader.run_loc / path).files())
             n_layers = arr.shape[0] if layered else 1
             for w in committed[split]:
                 for layer in range(n_layers):
@@ -148,7 +137,7 @@ def verify_run(reader: RunReader, progress: Optional[Callable[[int], None]] = No
     lay = reader.layout
     damage = missing_chunks(reader)
     missing = {(d.array, d.window, d.layer) for d in damage}
-    committed = {s: sorted(committed_windows(reader.run_dir, s)) for s in reader.splits}
+    committed = {s: sorted(committed_windows(reader.run_loc, s)) for s in reader.splits}
     checked = 0
     checksummed = True
     with quiet_zarr():
@@ -186,13 +175,13 @@ def verify_run(reader: RunReader, progress: Optional[Callable[[int], None]] = No
 def verify_units(reader: RunReader) -> int:
     """How many progress steps `verify_run` reports (one per activation array and committed window)."""
     n_arrays = len(reader.sites) * len(reader.pools)
-    return sum(len(committed_windows(reader.run_dir, s)) * n_arrays for s in reader.splits)
+    return sum(len(committed_windows(reader.run_loc, s)) * n_arrays for s in reader.splits)
 
 
 def drop_windows(reader: RunReader, windows: Iterable[tuple[str, int]]) -> int:
     """Forget the commit records of these windows (under the writer lock); return how many."""
     dropped = 0
-    with WriterLock(reader.run_dir, reader.name):
+    with WriterLock(reader.run_loc, reader.name):
         for split, w in windows:
-            dropped += uncommit_window(reader.run_dir, split, w)
+            dropped += uncommit_window(reader.run_loc, split, w)
     return dropped

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +23,7 @@ from .layout import (
     column_path,
     compressors,
 )
+from .location import Location, open_location
 from .progress import clear_progress, commit_window
 
 __all__ = ["RunLayout", "RunWriter", "check_fingerprint"]
@@ -80,9 +80,12 @@ def check_fingerprint(run_group: zarr.Group, run_name: str, fingerprint: dict[st
 class RunWriter:
     """Writes one run: arrays preallocated at full size, then whole windows at a time."""
 
-    def __init__(self, root: zarr.Group, run_dir: Path, run_name: str):
+    def __init__(self, root: zarr.Group, run_dir: "Path | Location", run_name: str):
         self.root = root
-        self.run_dir = Path(run_dir)
+        self.run_dir = open_location(run_dir)  # a local folder or a place on object storage
+        # the writer lock (lock.py): on object storage a lock taken over by another writer
+        # (this one stalled past the lease) stops the next commit
+        self.lock = None
         self.run_name = run_name
         self.group: zarr.Group | None = None
         self.layout: RunLayout | None = None
@@ -116,11 +119,9 @@ class RunWriter:
         """
         # A half-created run from a crash has nothing committed: remove it, but keep the lock
         # file we hold (zarr's own delete would remove the whole directory).
-        if self.run_dir.is_dir():
-            for child in self.run_dir.iterdir():
-                if child.name == LOCK_FILE:
-                    continue
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for child in self.run_dir.children():
+            if child != LOCK_FILE:
+                (self.run_dir / child).remove_tree()
         clear_progress(self.run_dir)
         group = self.root.create_group(self.run_name)
         comp = compressors(layout.codec)
@@ -191,6 +192,8 @@ class RunWriter:
         """Write the window's token counts and commit it: only now does resume skip it."""
         start, stop = self.layout.window_bounds(split, window)
         self._ntok[split][start:stop] = n_tokens
+        if self.lock is not None:
+            self.lock.check()
         commit_window(self.run_dir, split, window, record)
 
 
