@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,7 +12,7 @@ import numpy as np
 import zarr
 
 from ..errors import FingerprintMismatchError
-from .codecs import pool_checksums
+from .codecs import DirectChunkWriter, pool_checksums
 from .fingerprint import fingerprint_diff, fingerprint_hash
 from .layout import (
     LOCK_FILE,
@@ -91,6 +92,7 @@ class RunWriter:
         self.layout: RunLayout | None = None
         self._arrays: dict[tuple[str, str, str], zarr.Array] = {}
         self._ntok: dict[str, zarr.Array] = {}
+        self._direct: dict[int, tuple] = {}  # id(array) -> (array, its codecs.DirectChunkWriter)
 
     def open_existing(self, fingerprint: dict[str, Any]) -> bool:
         """Open a fully created run with this fingerprint; False when there is none to resume."""
@@ -182,11 +184,27 @@ class RunWriter:
     def write_arrays(self, split: str, window: int, pooled: Mapping[tuple[str, str], np.ndarray]) -> None:
         """Write some (site, pool) arrays of one window; it stays uncommitted until finish_window."""
         start, stop = self.layout.window_bounds(split, window)
-        # one call per array: zarr compresses, checksums (codecs.py) and writes its chunks (one
-        # per layer) concurrently on its thread pool (zarr config threading.max_workers, default
-        # cores + 4), so the writer uses every host core (benchmarks/store_ingest.py)
+        # one task per chunk (one layer of one array) on codecs.chunk_pool(): each encodes and
+        # stores its chunk with the array's own codecs, in the bytes zarr writes, so compression
+        # and file writes use every host core and little stays serial
+        # (benchmarks/store_ingest.py); stores without synchronous writes go through zarr
+        for (site, pool), values in pooled.items():  # all checked before any is written
+            want = (self.layout.n_layers[site], stop - start, self.layout.width[site])
+            if np.shape(values) != want:  # zarr would cut a too-wide window silently
+                raise ValueError(f"{split}/{site}/{pool} window {window} has shape {np.shape(values)}, not {want}")
+        tasks = []
         for (site, pool), values in pooled.items():
-            self._arrays[(split, site, pool)][:, start:stop, :] = values
+            arr = self._arrays[(split, site, pool)]
+            direct = self._direct.get(id(arr))
+            if direct is None or direct[0] is not arr:
+                direct = self._direct[id(arr)] = (arr, DirectChunkWriter(arr))
+            if not direct[1].ok or direct[1].chunk_shape != (1, self.layout.chunk_rows, arr.shape[2]):
+                arr[:, start:stop, :] = values
+                continue
+            tasks += [direct[1].submit((layer, window, 0), values[layer : layer + 1]) for layer in range(arr.shape[0])]
+        wait(tasks)
+        for task in tasks:
+            task.result()  # the first chunk's error, if any, once every chunk has finished
 
     def finish_window(self, split: str, window: int, n_tokens: np.ndarray, record: dict[str, Any]) -> None:
         """Write the window's token counts and commit it: only now does resume skip it."""
