@@ -63,12 +63,15 @@ HEADLINE: list[str] = [
     r"cores_to_keep_up_h200_(minilm|llama3_8b)",
     r"ingest_rows_per_s_minilm_(lz4|zstd|zstd1|none)_1core",
     r"disk_over_raw_fp16_minilm_(lz4|zstd|zstd1|none)",
+    r"rows_per_s_extract_(local|s3)_minilm",
+    r"s3_over_local_rows_per_s",
     r"stc_minus_best_baseline_pt_\w+",
     r"(rt|debates)_one_se_refit_stc_acc",
     r"pooling_median_rel_err_\w+",
 ]
 
-ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "store_ingest", "early_exit", "pooling_precision", "accuracy"]
+ORDER = ["extract_throughput", "probe_speed", "memory_scaling", "storage", "store_ingest", "object_store", "early_exit",
+         "pooling_precision", "accuracy"]
 
 
 def goal_for(name: str):

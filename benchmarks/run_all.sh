@@ -15,7 +15,7 @@ render_args=()
 for a in "$@"; do [[ "$a" == "--quick" ]] && render_args+=(--quick); done
 
 status=0
-for bench in extract_throughput storage store_ingest early_exit memory_scaling probe_speed accuracy; do
+for bench in extract_throughput storage store_ingest object_store early_exit memory_scaling probe_speed accuracy; do
   echo "== $bench $*" >&2
   start=$SECONDS
   if ! "$py" "$here/$bench.py" "$@"; then
