@@ -85,12 +85,15 @@ def test_build_design_takes_prefixes_in_site_layer_order():
     def z(raw):  # the design holds the raw kept columns standardised with each probe's mean / scale
         return (raw - mean) / 4.0
 
-    np.testing.assert_allclose(d.X_train[0], z(expected_cols))
-    np.testing.assert_allclose(d.X_train[2], z(expected_cols + 0.2), rtol=1e-6)
-    np.testing.assert_allclose(d.X_val[1], z(expected_cols + 1000.1), rtol=1e-6)
-    np.testing.assert_allclose(d.X_test[0], z(expected_cols + 2000), rtol=1e-6)
+    X_train, X_val, X_test = (np.asarray(x) for x in (d.X_train, d.X_val, d.X_test))
+    np.testing.assert_allclose(X_train[0], z(expected_cols))
+    np.testing.assert_allclose(X_train[2], z(expected_cols + 0.2), rtol=1e-6)
+    np.testing.assert_allclose(X_val[1], z(expected_cols + 1000.1), rtol=1e-6)
+    np.testing.assert_allclose(X_test[0], z(expected_cols + 2000), rtol=1e-6)
     np.testing.assert_allclose(d.mean, mean)
-    assert d.X_train.flags["C_CONTIGUOUS"] and d.X_train.dtype == np.float32
+    assert X_train.flags["C_CONTIGUOUS"] and X_train.dtype == np.float32
+    # rows of some columns, built on demand, are those columns of the whole design
+    np.testing.assert_array_equal(d.X_train.rows(1, 3, np.array([6, 0, 3])), X_train[1:3][:, [6, 0, 3]])
 
     single = build_design(probes, "ffn", counts)
     assert single.feature_index.tolist() == [6, 2, 1]

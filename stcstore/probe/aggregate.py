@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .standardize import standardize_columns
+from .solvers.lazy import StandardizedColumns
 
 __all__ = [
     "SITE_CODES",
@@ -73,11 +73,11 @@ class LayerProbe:
 
 @dataclass
 class Design:
-    """A concatenated kept-feature matrix and what each column is."""
+    """A concatenated kept-feature design (standardised on demand) and what each column is."""
 
-    X_train: np.ndarray
-    X_val: np.ndarray
-    X_test: np.ndarray
+    X_train: StandardizedColumns
+    X_val: StandardizedColumns
+    X_test: StandardizedColumns
     feature_site: np.ndarray    # (F,) int64: SITE_CODES
     feature_layer: np.ndarray   # (F,) int64
     feature_index: np.ndarray   # (F,) int64 neuron index within the layer
@@ -153,15 +153,10 @@ def build_design(
             picked.append((p, m))
     any_p = next(iter(probes.values()))
 
-    def standardized(attr: str) -> np.ndarray:
-        # one contiguous float32 matrix (the solver reads it many times), filled layer by layer
-        # from the raw columns, so no float32 copy of the per-layer columns ever exists
-        out = np.empty((getattr(any_p, attr).shape[0], sum(m for _, m in picked)), dtype=np.float32)
-        at = 0
-        for p, m in picked:
-            standardize_columns(getattr(p, attr), np.arange(m), p.mean[:m], p.scale[:m], out=out[:, at:at + m])
-            at += m
-        return out
+    def standardized(attr: str) -> StandardizedColumns:
+        # the raw columns (views) and their scaler: rows are standardised when a pass reads them
+        return StandardizedColumns([(getattr(p, attr)[:, :m], p.mean[:m], p.scale[:m]) for p, m in picked],
+                                   n_rows=getattr(any_p, attr).shape[0])
 
     def cat1(parts: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)

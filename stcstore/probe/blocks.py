@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import StoreError
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
+from .solvers.lazy import StandardizedColumns, as_matrix
 from .splits import SplitPlan
 from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns
 
@@ -66,7 +67,9 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
              masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """A solver's fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
-    fit = solver.fit_path(np.ascontiguousarray(X, dtype=np.float32), y, n_classes, list(Cs), masks=masks, init=init)
+    # a solver that streams a built design gets it as it is; the others get the float32 matrix
+    streams = isinstance(X, StandardizedColumns) and getattr(solver, "streams_designs", False)
+    fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init)
     coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
     icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
     if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
@@ -75,6 +78,17 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
         # features outside a mask must not count, whatever the solver leaves there
         coef = coef * masks[:, None, None, :]
     return coef, icpt
+
+
+def decision_rows(X: StandardizedColumns, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """X W^T + b for M models (W (M, F)), a row chunk at a time and only the columns some model uses."""
+    cols = np.flatnonzero(np.any(W != 0, axis=0))
+    Wt = np.ascontiguousarray(W[:, cols].T, dtype=np.float32)
+    out = np.empty((X.shape[0], W.shape[0]), dtype=np.float32)
+    for s in range(0, X.shape[0], ROW_CHUNK):
+        e = min(s + ROW_CHUNK, X.shape[0])
+        np.matmul(X.rows(s, e, cols), Wt, out=out[s:e])
+    return out + b
 
 
 def _slabs(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,

@@ -27,7 +27,7 @@ from .aggregate import (
     nested_masks,
     unique_rows,
 )
-from .blocks import fit_path, labels_from_decision, val_key
+from .blocks import decision_rows, fit_path, labels_from_decision, val_key
 from .checkpoints import load_checkpoint, save_checkpoint
 from .experiment import Experiment
 from .selection import is_dominated, pareto_add
@@ -105,7 +105,7 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
             # the next eta's design holds these columns and more: these solutions start its fits
             prev = (keys, index, coef, icpt)
         U, nC, n_out, F = coef.shape
-        dec = design.X_val @ coef.reshape(U * nC * n_out, F).T + icpt.reshape(-1)
+        dec = decision_rows(design.X_val, coef.reshape(U * nC * n_out, F), icpt.reshape(-1))
         pred = labels_from_decision(dec.reshape(len(y_va), U, nC, n_out))
         val = (pred == y_va[:, None, None]).mean(axis=0)                 # (U, nC)
         nnz = np.any(coef != 0, axis=2).sum(axis=-1)                     # (U, nC)

@@ -16,14 +16,13 @@ from .sparsify import keep_counts, ranking
 from .splits import SplitPlan
 from .standardize import StatsCache
 
-__all__ = ["layer_probe", "layer_entry"]
+__all__ = ["layer_probe", "read_kept_columns", "layer_entry"]
 
 
 def layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: SplitPlan, row_maps: dict,
                  cache: StatsCache, site: str, pool: str, layer: int, y_tr: np.ndarray, y_va: np.ndarray, K: int,
-                 Cs: Sequence[float], etas: Sequence[float], *, columns: bool, timer: Any) -> LayerProbe:
-    """One layer's probe: its fit (from the checkpoint cache, or fitted and checkpointed) and, when
-    aggregation still needs them, its kept columns in the store's dtype."""
+                 Cs: Sequence[float], etas: Sequence[float], *, timer: Any) -> LayerProbe:
+    """One layer's probe: its fit (from the checkpoint cache, or fitted and checkpointed), no columns yet."""
     fit = fits.load(site, pool, layer)
     with timer("load"):
         # a checkpointed fit needs no rows here; the scaler comes from the statistics cache
@@ -36,19 +35,23 @@ def layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: Split
     del blk
     w = fit.coef
     order = ranking(w)
-    if columns:
-        # a second, cheap pass for the kept columns in the store's dtype: holding the raw train
-        # rows beside the float32 block during the fit would cost half a block more. No test
-        # columns: only the chosen configuration meets the test rows, read again at the end
-        with timer("load"):
-            tr, va, te = read_columns(reader, plan, row_maps, site, pool, layer, order, roles=(0, 1))
-    else:
-        tr = va = te = np.zeros((0, len(order)), dtype=reader.layout.dtype)
+    none = np.zeros((0, len(order)), dtype=reader.layout.dtype)
     return LayerProbe(
         site=site, pool=pool, layer=layer, C=fit.C, val=fit.val, n_nonzero=fit.n_nonzero, val_by_C=fit.val_by_C,
         coef=w, intercept=fit.intercept, order=order, counts=keep_counts(w, etas),
-        mean=scaler.mean_[order], scale=scaler.scale_[order], X_train=tr, X_val=va, X_test=te,
+        mean=scaler.mean_[order], scale=scaler.scale_[order], X_train=none, X_val=none, X_test=none,
     )
+
+
+def read_kept_columns(p: LayerProbe, reader: RunReader, plan: SplitPlan, row_maps: dict) -> None:
+    """Give a layer probe its kept train and val columns, in the store's dtype, for aggregation.
+
+    Read in a second pass once every layer of the pool is fitted: the float32 block of a fit
+    never coexists with them. No test columns: only the chosen configuration meets the test
+    rows, read again at the end.
+    """
+    p.X_train, p.X_val, p.X_test = read_columns(reader, plan, row_maps, p.site, p.pool, p.layer, p.order,
+                                                roles=(0, 1))
 
 
 def _fit_layer(solver: Any, blk: Block, y_tr: np.ndarray, y_va: np.ndarray, K: int, Cs: Sequence[float]) -> LayerFit:

@@ -15,7 +15,7 @@ from .aggregate import LayerProbe
 from .candidates import Candidate, add_to_front, aggregate, load_aggregate, save_aggregate
 from .checkpoints import LayerFitCache, layer_fit_key
 from .experiment import Experiment
-from .layer_probes import layer_probe
+from .layer_probes import layer_probe, read_kept_columns
 from .splits import SplitPlan
 from .standardize import StatsCache, cache_key
 
@@ -68,8 +68,13 @@ def run_stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: 
                 bar.set_description(f"{tag}probe {site}/{pool}/{layer}")
                 probes[(site, pool, layer)] = layer_probe(
                     solver, fits, reader, plan, row_maps, cache, site, pool, layer, y_tr, y_va, K, Cs, etas,
-                    columns=bool(pending), timer=timer)
+                    timer=timer)
                 bar.update(1)
+        if pending:
+            with timer("load"):
+                for site in sites:
+                    for layer in range(n_layers[site]):
+                        read_kept_columns(probes[(site, pool, layer)], reader, plan, row_maps)
         with timer("aggregate"):
             for ci, choice in enumerate(choices):
                 if done[choice] is None:

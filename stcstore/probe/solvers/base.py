@@ -51,6 +51,8 @@ class Solver(ABC):
     device: str = "cpu"
     # whether fit_path uses `init` (callers skip building starting points otherwise)
     uses_init: bool = False
+    # whether fit_path takes a lazy StandardizedColumns design without building it whole
+    streams_designs: bool = False
 
     @abstractmethod
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],

@@ -21,18 +21,22 @@ import torch.nn.functional as F
 from ...errors import DataError
 from ..memory import format_bytes
 from .base import n_outputs
+from .lazy import StandardizedColumns
 
 log = logging.getLogger(__name__)
 
 # fewer rows per chunk would make every pass a loop of tiny matmuls
 MIN_CHUNK_ROWS = 16
+# a design given as StandardizedColumns is built a row chunk of at most this size at a time (a
+# smaller one is built once, whole): so the host never holds it in float32, whatever n
+STREAM_CHUNK_BYTES = 16 << 20
 
 
 @dataclass
 class _Data:
     """The design shared by every problem: X, labels and the constants the dual point needs."""
 
-    X: torch.Tensor        # (n, d) float32, on `device` (resident) or on the host (streamed)
+    X: Optional[torch.Tensor]  # (n, d) float32, on `device` (resident) or on the host (streamed); None: `source`
     y: torch.Tensor        # (n,) int64
     Y: torch.Tensor        # (n, K) float32: one-hot, or y itself for one logit
     K: int                 # number of logits
@@ -42,6 +46,9 @@ class _Data:
     device: torch.device = torch.device("cpu")
     rows: int = 1 << 62    # rows per chunk of every pass over X
     _stager: Optional["_Stager"] = field(default=None, repr=False)
+    # a design built row chunk by row chunk on the host (X is None then), into `_host`
+    source: Optional[StandardizedColumns] = field(default=None, repr=False)
+    _host: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def binary(self) -> bool:
@@ -49,22 +56,40 @@ class _Data:
 
     @property
     def n(self) -> int:
-        return self.X.shape[0]
+        return (self.X if self.source is None else self.source).shape[0]
+
+    @property
+    def d(self) -> int:
+        """Columns of the design."""
+        return (self.X if self.source is None else self.source).shape[1]
 
     @property
     def n_chunks(self) -> int:
         """How many row chunks each pass over X takes."""
         return -(-self.n // self.rows)
 
-    def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(start, stop, rows of X on the device) for each row chunk, in order."""
+    def chunks(self, cols: Optional[torch.Tensor] = None, max_rows: Optional[int] = None
+               ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(start, stop, rows of X on the device) for each row chunk, in order; only `cols` if given.
+
+        `max_rows` makes chunks smaller than the layout's (to bound what a caller derives from
+        one). A chunk is valid until the next one is asked for (a built design reuses one buffer).
+        """
         n = self.n
-        if self.rows >= n and self._stager is None:
-            yield 0, n, self.X
+        step = self.rows if max_rows is None else max(1, min(self.rows, int(max_rows)))
+        c = None if cols is None or self.source is None else cols.cpu().numpy()
+        k = self.d if cols is None else len(cols)
+        if step >= n and self._stager is None and self.source is None:
+            yield 0, n, (self.X if cols is None else self.X.index_select(1, cols))
             return
-        for i, s in enumerate(range(0, n, self.rows)):
-            e = min(s + self.rows, n)
-            yield s, e, (self.X[s:e] if self._stager is None else self._stager.fetch(i, self.X[s:e]))
+        for i, s in enumerate(range(0, n, step)):
+            e = min(s + step, n)
+            if self.source is not None:
+                Xc = torch.from_numpy(self.source.rows(s, e, c, out=self._host[:(e - s) * k].reshape(e - s, k)))
+                yield s, e, (Xc if self._stager is None else self._stager.fetch(i, Xc))
+                continue
+            Xc = self.X[s:e] if self._stager is None else self._stager.fetch(i, self.X[s:e])
+            yield s, e, (Xc if cols is None else Xc.index_select(1, cols))
 
 
 class _Stager:
@@ -84,7 +109,7 @@ class _Stager:
         j = i % 2
         if self.events[j] is not None:
             self.events[j].synchronize()
-        buf = self.bufs[j][: src.shape[0]]
+        buf = self.bufs[j].view(-1)[: src.numel()].view(src.shape)
         buf.copy_(src)
         out = buf.to(self.device, non_blocking=True)
         ev = torch.cuda.Event()
@@ -135,23 +160,39 @@ def _to_tensor(X: Any) -> torch.Tensor:
 def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device, budget: Optional[int] = None,
              n_problems: int = 1, extra_bytes: int = 0) -> _Data:
     """The design on `device` (or streamed from the host), chunked to fit `budget` bytes."""
-    Xt = _to_tensor(X)
-    n, d = Xt.shape
+    source = X if isinstance(X, StandardizedColumns) else None
+    n, d = X.shape if source is not None else (0, 0)
+    if source is not None and (device.type == "cpu" and source.nbytes <= STREAM_CHUNK_BYTES):
+        source, X = None, source.rows(0, n)   # small enough to build once
+    Xt = None if source is not None else _to_tensor(X)
+    if Xt is not None:
+        n, d = Xt.shape
     K = n_outputs(n_classes)
     state = state_bytes(n, d, K, n_problems) + extra_bytes
-    copy = 0 if Xt.device == device else n * d * 4
+    on_device = Xt is not None and Xt.device == device
+    copy = 0 if on_device else n * d * 4
     budget = (1 << 62) if budget is None else int(budget)
-    # a design already on the device stays there; the host is the device on the CPU
-    resident = copy == 0 or device.type == "cpu" or copy + state <= budget
-    if resident:
+    # a design already on the device stays there; the host is the device on the CPU (a built
+    # design is streamed there, never held whole in float32); a GPU takes what fits its budget
+    if source is not None:
+        resident = device.type != "cpu" and copy + state <= budget
+    else:
+        resident = on_device or device.type == "cpu" or copy + state <= budget
+    if resident and source is not None:
+        Xt = _build_on(source, device, max(MIN_CHUNK_ROWS, STREAM_CHUNK_BYTES // max(1, d * 4)))
+        source = None
+    elif resident:
         Xt = Xt.to(device)
     # per chunk row: its copy from the host when streamed, the Hessian's gathered columns and
     # their weighted copy (at most d wide each), and the chunk's logits
     per_row = d * 4 * (2 if resident else 3) + n_problems * K * 4
     free = budget - state - (copy if resident else 0)
     rows = int(min(n, max(MIN_CHUNK_ROWS, free // per_row)))
-    stager = None if resident else _Stager(rows, d, device)
-    if not resident:
+    if source is not None:
+        rows = min(rows, max(MIN_CHUNK_ROWS, STREAM_CHUNK_BYTES // max(1, d * 4)))
+    streamed = not resident and device.type != "cpu"
+    stager = _Stager(rows, d, device) if streamed else None
+    if streamed:
         log.info("torch solver: the %d x %d design (%s) does not fit the memory budget %s on %s: "
                  "streaming it from the host in %d chunks of %d rows", n, d, format_bytes(n * d * 4),
                  format_bytes(budget), device, -(-n // rows), rows)
@@ -161,7 +202,8 @@ def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device, budget
     Y = yt[:, None].float() if K == 1 else F.one_hot(yt, n_classes).float()
     data = _Data(X=Xt, y=yt, Y=Y, K=K, colsum=torch.zeros(d, dtype=torch.float64, device=device),
                  XtY=torch.zeros((K, d), dtype=torch.float64, device=device), ybar=Y.double().mean(0),
-                 device=device, rows=rows, _stager=stager)
+                 device=device, rows=rows, _stager=stager, source=source,
+                 _host=None if source is None else np.empty(rows * d, dtype=np.float32))
     finite = torch.ones((), dtype=torch.bool, device=device)
     for s, e, Xc in data.chunks():
         # sub-chunks: a float64 copy of a whole chunk would double the probe's peak memory
@@ -172,6 +214,17 @@ def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device, budget
     if not bool(finite):
         raise DataError("X has NaN or infinite values (in float32): check the stored activations")
     return data
+
+
+def _build_on(source: StandardizedColumns, device: torch.device, rows: int) -> torch.Tensor:
+    """A built design as one float32 tensor on `device`, filled a row chunk at a time from the host."""
+    n, d = source.shape
+    out = torch.empty((n, d), dtype=torch.float32, device=device)
+    buf = np.empty((min(rows, n), d), dtype=np.float32)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        out[s:e].copy_(torch.from_numpy(source.rows(s, e, out=buf[:e - s])))
+    return out
 
 
 def _prior_intercept(data: _Data) -> torch.Tensor:
@@ -221,7 +274,7 @@ def _xt(data: _Data, R: torch.Tensor) -> torch.Tensor:
 
 def _sq_norm_aug(data: _Data, iters: int = 30) -> torch.Tensor:
     """||[X, 1]||_2^2 by power iteration (the Lipschitz scale of the loss with an intercept)."""
-    d = data.X.shape[1]
+    d = data.d
     v = torch.ones(d + 1, device=data.device, dtype=torch.float32) / float(np.sqrt(d + 1))
     s = torch.tensor(1.0, device=data.device)
     u = torch.empty(data.n, device=data.device)

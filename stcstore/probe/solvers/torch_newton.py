@@ -12,6 +12,9 @@ from .torch_data import _Data, _logits, _loss64, _np, _soft
 from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
 
+# rows of X whose working-set columns a Hessian gathers at a time
+HESSIAN_ROWS = 2048
+
 log = logging.getLogger(__name__)
 
 
@@ -164,9 +167,11 @@ def _hessian(data: _Data, cols: torch.Tensor, a: torch.Tensor, Cj: float, drop: 
     rowmax = curv.amax(dim=1)
     kept = rowmax >= drop * rowmax.max()
     H: Optional[torch.Tensor] = None
-    for s, e, Xc in data.chunks():
+    # row pieces of at most HESSIAN_ROWS: the gathered columns and their weighted copy of a
+    # whole resident design would grow with n
+    for s, e, XS in data.chunks(cols, max_rows=HESSIAN_ROWS):   # (rows, kj), contiguous
         keep = torch.nonzero(kept[s:e])[:, 0]
-        XS, ac = Xc.index_select(1, cols), a[s:e]        # (rows, kj), contiguous
+        ac = a[s:e]
         if len(keep) < XS.shape[0]:
             XS, ac = XS.index_select(0, keep), ac.index_select(0, keep)
         Hc = _hessian_rows(XS, ac, Cj, K)

@@ -60,6 +60,8 @@ class TorchSolver(Solver):
 
     name = "torch"
     uses_init = True
+    # takes a StandardizedColumns design as it is and builds its rows chunk by chunk
+    streams_designs = True
 
     def __init__(self, device: str = "cpu", tol: float = 1e-4, method: str = "auto", path: str = "warm",
                  max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 4096,
@@ -124,7 +126,7 @@ class TorchSolver(Solver):
         budget = resolve_budget(str(self._device), self.memory_budget)
         data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra)
         self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
-                            "resident": data._stager is None}
+                            "resident": data._stager is None and data.source is None}
         engine = _solve_newton if method == "newton" else _solve_fista
         max_iter = self.max_iter or (100 if method == "newton" else 20000)
         masks_t = torch.as_tensor(masks_np, device=self._device)
