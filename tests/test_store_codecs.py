@@ -140,3 +140,12 @@ def test_a_forked_child_gets_its_own_chunk_threads(tmp_path):
     if child.exitcode is None:  # hung: its tasks went to threads that the fork did not copy
         child.kill()
     assert child.exitcode == 0 and queue.get(timeout=5) == 2.0
+
+
+def test_zarr_v2_and_sharded_arrays_keep_zarrs_path(tmp_path):
+    """Arrays whose chunks are not one object each in the v3 layout are never written directly."""
+    v2 = zarr.create_array(tmp_path / "v2.zarr", shape=(2, 8, 4), chunks=(1, 8, 4), dtype="float16", zarr_format=2)
+    sharded = zarr.create_array(tmp_path / "sh.zarr", shape=(2, 8, 4), chunks=(1, 8, 4), shards=(2, 8, 4),
+                                dtype="float16")
+    plain = zarr.create_array(tmp_path / "v3.zarr", shape=(2, 8, 4), chunks=(1, 8, 4), dtype="float16")
+    assert [DirectChunkWriter(a).ok for a in (v2, sharded, plain)] == [False, False, True]

@@ -102,10 +102,11 @@ class DirectChunkWriter:
         )
         self._meta, self._codecs = meta, codecs
         self._store, self._prefix = a.store_path.store, a.store_path.path
-        self.chunk_shape = tuple(meta.chunk_grid.chunk_shape)
-        self.dtype = np.dtype(meta.dtype.to_native_dtype())
-        self.fill = meta.fill_value
-        self._spec = meta.get_chunk_spec((0,) * len(self.chunk_shape), a.config, default_buffer_prototype())
+        self.chunk_shape: tuple[int, ...] = tuple(meta.chunk_grid.chunk_shape) if self.ok else ()
+        if self.ok:  # (zarr v2 arrays keep zarr's own path)
+            self.dtype = np.dtype(meta.dtype.to_native_dtype())
+            self.fill = meta.fill_value
+            self._spec = meta.get_chunk_spec((0,) * len(self.chunk_shape), a.config, default_buffer_prototype())
 
     def write(self, coords: tuple[int, ...], values: np.ndarray) -> None:
         """Encode and store the chunk at grid position coords; values at its origin, the rest fill."""
