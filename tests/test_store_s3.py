@@ -330,3 +330,51 @@ def test_two_ranks_under_torchrun_into_the_bucket(s3, bucket, tiny_model, review
     assert r.is_complete()
     assert {rec["rank"] for rec in r.window_records("train").values()} == {0, 1}
     _assert_same(_read_all(url), _read_all(ref))
+
+
+def test_probe_reads_and_writes_its_experiment_in_the_bucket(s3, bucket, tiny_model, review_csv, tmp_path):
+    """probe --store s3://...: the same result as on a local copy of the run; every file in the bucket."""
+    client, _ = s3
+    url = f"s3://{bucket}/p.zarr"
+    extract_args = ["extract", "--model", str(tiny_model("bert")), "--data", str(review_csv), "--max-length", "32",
+                    "--no-progress", "--run", "r1", "--site", "hidden", "--pool", "mean,last", "--chunk-rows", "32"]
+    local = tmp_path / "p.zarr"
+    assert cli(*extract_args, "--store", url).returncode == 0
+    assert cli(*extract_args, "--store", str(local)).returncode == 0
+    probe = ["probe", "--label", "label", "--c-grid", "0.1,1", "--eta-grid", "0.5,1", "--backend", "sklearn",
+             "--no-progress", "--json", "--device", "cpu"]
+    res = cli(*probe, "--store", url, "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    remote = json.loads(res.stdout)
+    res = cli(*probe, "--store", str(local))
+    assert res.returncode == 0, res.stderr
+    want = json.loads(res.stdout)
+    for key in ("val", "test", "site", "pool", "k", "eta", "C", "n_features"):
+        assert remote["stc"][key] == want["stc"][key], key
+    keys = _keys(client, bucket, "p.zarr/r1/probes/label/")
+    names = {k[len("p.zarr/r1/probes/label/"):] for k in keys}
+    assert {"experiment.json", "report.json", "search.json", "classifier/config.json",
+            "classifier/weights.safetensors", "accuracy_per_layer.png"} <= names
+    assert "_probe.lock" not in names, "the lock is released"
+    assert _keys(client, bucket, "p.zarr/r1/_cache/"), "layer fits and statistics are cached in the bucket"
+    report = json.loads(client.get_object(Bucket=bucket, Key="p.zarr/r1/probes/label/report.json")["Body"].read())
+    assert report["stc"]["test"] == want["stc"]["test"]
+    # the --out copy came down from the bucket; the classifier in the bucket loads as it is
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["stc"] == remote["stc"]
+    from stcstore.classifier.artifact import ClassifierArtifact
+
+    art = ClassifierArtifact.load(f"{url}/r1/probes/label/classifier")
+    assert art.classes == want["classes"] and art.k == want["stc"]["k"]
+    local_clf = local / "r1" / "probes" / "label" / "classifier"
+    texts = ["good great fun movie", "boring dull plot"]
+    got = cli("predict", "--classifier", f"{url}/r1/probes/label/classifier", *texts)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == cli("predict", "--classifier", str(local_clf), *texts).stdout
+    assert set(got.stdout.split()) <= set(want["classes"])
+    # the same command again returns the finished experiment from the bucket
+    res = cli(*probe, "--store", url)
+    assert res.returncode == 0 and json.loads(res.stdout)["stc"] == remote["stc"]
+    res = cli("info", "--store", url, "--json")
+    assert [e["name"] for e in json.loads(res.stdout)["runs"][0]["experiment_reports"]] == ["label"]
+    assert cli("rm", "--store", url, "--experiment", "label").returncode == 0
+    assert _keys(client, bucket, "p.zarr/r1/probes/label/") == []

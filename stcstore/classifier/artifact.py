@@ -26,11 +26,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
 from ..errors import ClassifierError
+
+if TYPE_CHECKING:
+    from ..store.location import Location
 
 __all__ = [
     "CONFIG_NAME",
@@ -205,10 +208,20 @@ class ClassifierArtifact:
             "metrics": self.metrics,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the folder (replacing an existing one); files land together via a temp folder."""
-        from ..tensorfile import save_tensors
+    def save(self, path: "str | Path | Location") -> "Path | Location":
+        """Write the folder (replacing an existing one); files land together via a temp folder.
 
+        In a bucket (a Location on object storage) each file is one PUT, the weights first.
+        """
+        from ..store.location import Location
+        from ..tensorfile import save_tensors, tensor_bytes
+
+        if isinstance(path, Location) and not path.is_local:
+            tensors = {key: np.ascontiguousarray(getattr(self, key), dtype=np.float32) for key in _FLOAT_KEYS}
+            tensors.update({key: np.ascontiguousarray(getattr(self, key), dtype=np.int64) for key in _INT_KEYS})
+            (path / WEIGHTS_NAME).write_bytes(tensor_bytes(tensors, {"format_version": str(self.format_version)}))
+            (path / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2, default=_json_default) + "\n")
+            return path
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         if tmp.exists():
@@ -224,20 +237,23 @@ class ClassifierArtifact:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ClassifierArtifact":
-        """Read and validate a classifier folder; raise ClassifierError naming the file and the fix."""
-        path = Path(path).expanduser()
+    def load(cls, path: "str | Path | Location") -> "ClassifierArtifact":
+        """Read and validate a classifier folder (local, or a URL / Location in a bucket);
+        raise ClassifierError naming the file and the fix."""
+        from ..store.location import open_location
+
+        path = open_location(path)
         fix = "pass the classifier/ folder written by `stcstore probe`"
         if not path.exists():
             raise ClassifierError(f"classifier folder {str(path)!r} does not exist: {fix}")
-        if not path.is_dir():
+        if path.is_file():
             raise ClassifierError(f"classifier path {str(path)!r} is a file, not a folder: {fix}")
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise ClassifierError(f"{str(p)!r} is missing: {fix} (re-run `stcstore probe` if it was deleted)")
         try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            cfg = json.loads(cfg_path.read_text())
             if not isinstance(cfg, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
@@ -247,10 +263,10 @@ class ClassifierArtifact:
             raise ClassifierError(
                 f"{str(cfg_path)!r} has format_version {version!r}, this stcstore reads up to {FORMAT_VERSION}: upgrade stcstore"
             )
-        from safetensors.numpy import load_file
+        from ..tensorfile import load_tensors
 
         try:
-            t = load_file(str(w_path))
+            t, _ = load_tensors(w_path.read_bytes())
         except Exception as exc:  # safetensors raises its own error types for torn files
             raise ClassifierError(f"{str(w_path)!r} is damaged ({exc}): re-run `stcstore probe` to rewrite it") from None
         missing = [k for k in (*_FLOAT_KEYS, *_INT_KEYS) if k not in t]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -22,6 +21,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..store.layout import CACHE_GROUP
+from ..store.location import Location, open_location
 
 __all__ = ["LayerFit", "save_checkpoint", "load_checkpoint", "LayerFitCache", "layer_fit_key"]
 
@@ -31,32 +31,26 @@ _META_KEY = "stcstore"
 LAYER_FIT_SUBDIR = "layer_probes"
 
 
-def save_checkpoint(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-    """Write arrays and a JSON document as one file, atomically (temp file + rename)."""
-    from ..tensorfile import save_tensors
+def save_checkpoint(path: "Path | Location", arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Write arrays and a JSON document as one file, atomically (temp file + rename; one PUT on object storage)."""
+    from ..tensorfile import tensor_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    try:
-        save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    open_location(path).write_bytes(tensor_bytes(tensors, metadata={_META_KEY: json.dumps(meta)}))
 
 
-def load_checkpoint(path: Path) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def load_checkpoint(path: "Path | Location") -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """(arrays, document) of a checkpoint, or None when it is missing or unreadable."""
-    if not path.is_file():
-        return None
-    from safetensors import safe_open
+    from ..tensorfile import load_tensors
 
+    loc = open_location(path)
     try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = json.loads((fh.metadata() or {})[_META_KEY])
-            arrays = {k: fh.get_tensor(k) for k in fh.keys()}
+        data = loc.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        arrays, metadata = load_tensors(data)
+        meta = json.loads(metadata[_META_KEY])
     except Exception as exc:  # a torn or foreign file is redone, never trusted
         log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
         return None
@@ -95,14 +89,14 @@ def layer_fit_key(fields: Mapping[str, Any]) -> str:
 class LayerFitCache:
     """Layer fits under `<run>/_cache/layer_probes/<key>/`, shared by the run's experiments."""
 
-    def __init__(self, run_dir: Path, key: str, read: bool = True):
-        self.dir = Path(run_dir) / CACHE_GROUP / LAYER_FIT_SUBDIR / key
+    def __init__(self, run_dir: "Path | Location", key: str, read: bool = True):
+        self.dir = open_location(run_dir) / CACHE_GROUP / LAYER_FIT_SUBDIR / key
         self.key = key
         self.read = read
         self.reused = 0
         self.fitted = 0
 
-    def _path(self, site: str, pool: str, layer: int) -> Path:
+    def _path(self, site: str, pool: str, layer: int) -> Location:
         return self.dir / f"{site}.{pool}.{layer:04d}.safetensors"
 
     def load(self, site: str, pool: str, layer: int) -> Optional[LayerFit]:

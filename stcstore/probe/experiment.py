@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import ConfigError
 from ..store.layout import PROBE_LOCK_FILE
+from ..store.location import Location, open_location
 from ..store.lock import WriterLock
 from ..store.remove import experiment_lock
 from ..store.progress import atomic_write_text
@@ -55,16 +55,18 @@ def _show(v: Any) -> str:
 class Experiment:
     """An experiment folder held by this process: settings checked, lock taken."""
 
-    def __init__(self, probes_dir: Path, name: str):
+    def __init__(self, probes_dir: "Path | Location", name: str):
         self.name = name
-        self.path = Path(probes_dir) / name
+        # a local folder, or a place in a bucket (store.location): the same operations on both
+        self.loc = open_location(probes_dir) / name
+        self.path: "Path | Location" = self.loc.local_path if self.loc.is_local else self.loc
         self._lock: Optional[WriterLock] = None
 
     # -- opening -------------------------------------------------------------------------------
     def open(self, settings: Mapping[str, Any], *, fresh: bool = False, overwrite: bool = False) -> "Experiment":
         """Take the lock, then resume, refuse or start over according to the stored settings."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = experiment_lock(self.path, self.name).acquire()
+        self.loc.mkdir()
+        self._lock = experiment_lock(self.loc, self.name).acquire()
         try:
             old = self.stored_settings()
             if old is not None and old != dict(settings) and not (fresh or overwrite):
@@ -83,7 +85,7 @@ class Experiment:
                 if old is not None or self._has_outputs():
                     log.info("starting experiment %r over", self.name)
                 self._clear()
-                atomic_write_text(self.path / SETTINGS_NAME,
+                atomic_write_text(self.loc / SETTINGS_NAME,
                                   json.dumps({"version": _SETTINGS_VERSION, "settings": dict(settings)}, indent=2))
         except BaseException:
             self.close()
@@ -92,41 +94,35 @@ class Experiment:
 
     def stored_settings(self) -> Optional[dict[str, Any]]:
         """The settings this folder was started with, or None (new or pre-settings folder)."""
-        path = self.path / SETTINGS_NAME
-        if not path.is_file():
+        try:
+            text = (self.loc / SETTINGS_NAME).read_text()
+        except FileNotFoundError:
             return None
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(text)
             return dict(doc["settings"])
         except (ValueError, KeyError, TypeError):
             return {}   # unreadable: treated as other settings, so never silently mixed
 
     def _has_outputs(self) -> bool:
-        return any(c.name not in (LOCK_NAME, SETTINGS_NAME) for c in self.path.iterdir())
+        return any(c not in (LOCK_NAME, SETTINGS_NAME) for c in self.loc.children())
 
     def _clear(self) -> None:
-        for child in self.path.iterdir():
-            if child.name == LOCK_NAME:
-                continue
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        for child in self.loc.children():
+            if child != LOCK_NAME:
+                (self.loc / child).remove_tree()
 
     # -- state ----------------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
         """True once the report is written (it is written last) with nothing pending."""
-        path = self.path / REPORT_NAME
-        if not path.is_file():
-            return False
         try:
-            return not json.loads(path.read_text(encoding="utf-8")).get("pending")
-        except ValueError:
+            return not json.loads((self.loc / REPORT_NAME).read_text()).get("pending")
+        except (FileNotFoundError, ValueError):
             return False
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> "Path | Location":
         """Folder of this experiment's aggregation checkpoints."""
         return self.path / CHECKPOINT_DIR
 

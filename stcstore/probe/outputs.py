@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError, StoreError
+from ..store.location import Location, open_location
 from .experiment import REPORT_NAME
 from .report import write_json
 
@@ -47,18 +48,25 @@ def write_outputs(folder: Path, report: dict, search: list, artifact: Any, plots
     return folder
 
 
-def load_outputs(folder: Path) -> tuple[dict, list, Any]:
+def load_outputs(folder: "Path | Location") -> tuple[dict, list, Any]:
     """(report, search, classifier artifact) of a finished experiment folder."""
     from ..classifier.artifact import ClassifierArtifact
 
-    report = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
-    search_path = folder / SEARCH_NAME
-    search = json.loads(search_path.read_text(encoding="utf-8")) if search_path.is_file() else []
-    return report, search, ClassifierArtifact.load(folder / CLASSIFIER_DIR)
+    loc = open_location(folder)
+    report = json.loads((loc / REPORT_NAME).read_text())
+    try:
+        search = json.loads((loc / SEARCH_NAME).read_text())
+    except FileNotFoundError:
+        search = []
+    return report, search, ClassifierArtifact.load(loc / CLASSIFIER_DIR)
 
 
-def copy_out(src: Path, out: Path, skip: tuple[str, ...] = ()) -> Path:
+def copy_out(src: "Path | Location", out: Path, skip: tuple[str, ...] = ()) -> Path:
     """Copy an experiment folder's files into --out (created if needed; our files replaced)."""
+    loc = open_location(src)
+    if not loc.is_local:
+        return _download(loc, out, skip)
+    src = loc.local_path
     try:
         out.mkdir(parents=True, exist_ok=True)
         for child in src.iterdir():
@@ -71,6 +79,23 @@ def copy_out(src: Path, out: Path, skip: tuple[str, ...] = ()) -> Path:
                 shutil.copytree(child, dest)
             else:
                 shutil.copy2(child, dest)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out {str(out)!r} ({exc}): give a writable folder") from None
+    return out
+
+
+def _download(src: Location, out: Path, skip: tuple[str, ...]) -> Path:
+    """copy_out from a bucket: every object below the experiment into the local --out folder."""
+    files = {rel: size for rel, size in src.files().items() if rel.split("/", 1)[0] not in skip}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for top in {rel.split("/", 1)[0] for rel in files if "/" in rel}:
+            if (out / top).is_dir():
+                shutil.rmtree(out / top)
+        for rel in sorted(files):
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes((src / rel).read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot write to --out {str(out)!r} ({exc}): give a writable folder") from None
     return out

@@ -43,9 +43,9 @@ def plot_layers(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    out = _save(fig, path)
     plt.close(fig)
-    return Path(path)
+    return out
 
 
 def plot_kept(report: Mapping[str, Any], path: str | Path) -> Path:
@@ -64,9 +64,9 @@ def plot_kept(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("neurons")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    out = _save(fig, path)
     plt.close(fig)
-    return Path(path)
+    return out
 
 
 def plot_confusion(report: Mapping[str, Any], path: str | Path) -> Path:
@@ -89,14 +89,29 @@ def plot_confusion(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"STC on test: {100 * report['stc']['test']:.1f}% accurate", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    out = _save(fig, path)
     plt.close(fig)
-    return Path(path)
+    return out
 
 
-def write_plots(report: Mapping[str, Any], folder: str | Path) -> list[Path]:
-    """Every plot into a folder; returns their paths."""
-    folder = Path(folder)
+def _save(fig, path) -> Any:
+    """Write a figure as PNG: to a file, or (a Location on object storage) as one object."""
+    if getattr(path, "is_local", True):
+        fig.savefig(path)
+        return Path(path)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def write_plots(report: Mapping[str, Any], folder: Any) -> list[Any]:
+    """Every plot into a folder (a path, or a Location in a bucket); returns their paths."""
+    from ..store.location import Location
+
+    folder = folder if isinstance(folder, Location) else Path(folder)
     paths = [plot_layers(report, folder / LAYERS_PNG), plot_kept(report, folder / KEPT_PNG)]
     if report["stc"].get("confusion_matrix"):
         paths.append(plot_confusion(report, folder / CONFUSION_PNG))

@@ -58,7 +58,9 @@ def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON (indented, NaN as null) atomically: readers see the old file or the new one."""
     from ..store.progress import atomic_write_text
 
-    path = Path(path)
+    from ..store.location import Location
+
+    path = path if isinstance(path, Location) else Path(path)  # a Location on object storage stays one
     atomic_write_text(path, json.dumps(_clean(obj), indent=2) + "\n")
     return path
 

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Optional, Sequence
 from ..config import ProbeConfig
 from ..errors import ConfigError, MissingDependencyError, StoreError
 from ..store.fingerprint import fingerprint_hash
+from ..store.location import Location, open_location
 from ..store.reader import RunReader
 from .aggregate import site_choices
 from .baselines import concat_baseline as _concat_baseline
@@ -65,7 +66,7 @@ class ProbeResult:
 
     report: dict[str, Any]
     name: str
-    path: Path                       # <store>/<run>/probes/<name>
+    path: "Path | Location"          # <store>/<run>/probes/<name> (a Location when the store is in a bucket)
     out: Optional[Path]              # the --out copy, if asked for
     classifier: Any                  # ClassifierArtifact
     search: list[dict[str, Any]] = field(default_factory=list)
@@ -162,7 +163,7 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
         raise ConfigError(f"--out {str(out_extra)!r} is a file: give a folder path")
 
     with timer("load"):
-        reader = RunReader(config.store, config.run)
+        reader = RunReader(open_location(config.store, config.storage_options), config.run)
         reader.require_complete()
         sites = _pick(config.sites, reader.sites, "site")
         pools = _pick(config.pools, reader.pools, "pool")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..store.layout import CACHE_GROUP
+from ..store.location import Location, open_location
 
 __all__ = ["StreamingScaler", "StatsCache", "cache_key", "standardize_columns", "ROW_CHUNK"]
 
@@ -132,14 +132,14 @@ def cache_key(fingerprint_hash: str, dtype: str, selection_hash: str) -> str:
 class StatsCache:
     """Per-layer statistics as safetensors under `<run>/_cache/standardize/<key>/`, written atomically."""
 
-    def __init__(self, run_dir: str | Path, key: str, enabled: bool = True):
-        self.dir = Path(run_dir) / CACHE_GROUP / CACHE_SUBDIR / key
+    def __init__(self, run_dir: "str | Path | Location", key: str, enabled: bool = True):
+        self.dir = open_location(run_dir) / CACHE_GROUP / CACHE_SUBDIR / key
         self.key = key
         self.enabled = enabled
         self.hits = 0
         self.misses = 0
 
-    def _path(self, site: str, pool: str, layer: int) -> Path:
+    def _path(self, site: str, pool: str, layer: int) -> Location:
         return self.dir / f"{site}.{pool}.{layer:04d}.safetensors"
 
     def load(self, site: str, pool: str, layer: int) -> Optional[StreamingScaler]:
@@ -147,13 +147,15 @@ class StatsCache:
         if not self.enabled:
             return None
         path = self._path(site, pool, layer)
-        if not path.is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             self.misses += 1
             return None
-        from safetensors.numpy import load_file
+        from ..tensorfile import load_tensors
 
         try:
-            t = load_file(str(path))
+            t, _ = load_tensors(data)
             sc = StreamingScaler.from_stats(t["mean"], t["var"], int(t["count"][0]))
         except Exception as exc:  # a torn or foreign file is recomputed, never trusted
             log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
@@ -166,22 +168,17 @@ class StatsCache:
         """Store one block's scaler; a read-only store only logs a warning."""
         if not self.enabled:
             return
-        from ..tensorfile import save_tensors
+        from ..tensorfile import tensor_bytes
 
-        path = self._path(site, pool, layer)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_tensors(
+            # temp file + rename locally, one PUT on object storage: readers see whole files only
+            self._path(site, pool, layer).write_bytes(tensor_bytes(
                 {
                     "mean": np.ascontiguousarray(scaler.mean_, dtype=np.float64),
                     "var": np.ascontiguousarray(scaler.var_, dtype=np.float64),
                     "count": np.array([scaler.n_samples_seen_], dtype=np.int64),
                 },
-                tmp,
                 metadata={"site": site, "pool": pool, "layer": str(layer), "key": self.key},
-            )
-            os.replace(tmp, path)
+            ))
         except OSError as exc:
             log.warning("could not cache statistics in %s (%s); they will be recomputed next time", self.dir, exc)
-            tmp.unlink(missing_ok=True)

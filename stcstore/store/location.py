@@ -144,8 +144,8 @@ class Location:
                 return Path(self.path).read_bytes()
             return self.fs.cat_file(self.path)
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode("utf-8")
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
 
     def children(self) -> list[str]:
         """Names of the entries directly below this location (none when it does not exist)."""
@@ -201,9 +201,9 @@ class Location:
             # one PUT: object stores make a whole object visible at once
             self.fs.pipe_file(self.path, data)
 
-    def write_text(self, text: str) -> None:
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
         """Atomic write of a text file (see write_bytes)."""
-        self.write_bytes(text.encode("utf-8"))
+        self.write_bytes(text.encode(encoding))
 
     def create_exclusive(self, data: bytes) -> Any:
         """Write only if nothing is here yet (If-None-Match: * on S3); FileExistsError otherwise.
