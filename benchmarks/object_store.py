@@ -13,6 +13,11 @@ commit, the progress bar's definition):
   s3_bytes_over_local_bytes         the store's bytes in the bucket over on disk (same chunks)
   extract_seconds_total_*           the whole call: model and data loading, creating the arrays
                                     (many small PUTs on S3), the rows
+  ingest_rows_per_s_{local,s3}_minilm  the store writer alone (no model): whole windows of
+                                    MiniLM-shaped float16 activations (hidden + ffn, mean pool,
+                                    random values, which lz4 barely shrinks, like real ones),
+                                    committed one by one: what a GPU extraction would meet
+  ingest_s3_over_local
 """
 
 from __future__ import annotations
@@ -53,6 +58,34 @@ def _start_moto(port: int) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("moto's S3 server did not start")
+
+
+def _ingest(store: str, n_windows: int) -> float:
+    """Rows/s of the store writer alone: whole MiniLM-shaped windows written and committed."""
+    import numpy as np
+
+    from stcstore.store import RunLayout, RunWriter, WriterLock, chunk_rows_for, open_root
+    from stcstore.store.location import open_location
+    from stcstore.store.quiet import quiet_zarr
+
+    width = {"hidden": 384, "ffn": 1536}
+    layers = {"hidden": 7, "ffn": 6}
+    rows = chunk_rows_for(min(width.values()), "float16", 10**6)
+    layout = RunLayout(splits={"train": rows * n_windows}, sites=("hidden", "ffn"), pools=("mean",),
+                       n_layers=layers, width=width, dtype="float16", chunk_rows=rows)
+    rng = np.random.default_rng(0)
+    pooled = {(s, "mean"): rng.standard_normal((layers[s], rows, width[s])).astype(np.float16) for s in width}
+    loc = open_location(store)
+    with quiet_zarr():
+        root = open_root(loc, create=True)
+        with WriterLock(loc / "ingest", "ingest"):
+            writer = RunWriter(root, loc / "ingest", "ingest")
+            writer.create(layout, {"bench": 1}, {"model": {}, "dataset": {}},
+                          row_ids={"train": np.arange(rows * n_windows)}, columns={})
+            t = time.perf_counter()
+            for w in range(n_windows):
+                writer.write_window("train", w, pooled, np.full(rows, 20, np.int32), {"rows": rows})
+            return rows * n_windows / (time.perf_counter() - t)
 
 
 def main(argv=None) -> int:
@@ -104,6 +137,16 @@ def main(argv=None) -> int:
                     total[kind].append(res.seconds)
                     sizes[kind] = store_summary(store)["bytes_on_disk"]
                     log(f"  {res.rows_per_s:,.1f} rows/s ({res.work_seconds:.1f} s)")
+            ingest = {}
+            for kind in ("local", "s3"):
+                if kind == "local":
+                    store = str(scratch / "ingest.zarr")
+                else:
+                    bucket = f"ingest-{uuid.uuid4().hex[:8]}"
+                    client.create_bucket(Bucket=bucket)
+                    store = f"s3://{bucket}/ingest.zarr"
+                ingest[kind] = _ingest(store, 1 if args.quick else 4)
+                log(f"ingest into {store}: {ingest[kind]:,.0f} rows/s")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -116,6 +159,9 @@ def main(argv=None) -> int:
         # the whole call: loading the model and data, creating the run's arrays, the rows
         "extract_seconds_total_local_minilm": common.median(total["local"]),
         "extract_seconds_total_s3_minilm": common.median(total["s3"]),
+        "ingest_rows_per_s_local_minilm": ingest["local"],
+        "ingest_rows_per_s_s3_minilm": ingest["s3"],
+        "ingest_s3_over_local": ingest["s3"] / ingest["local"],
     }
     config = {"model": "minilm", "data": "rotten_tomatoes (bundled)", "rows": rows, "repeats": repeats,
               "s3_server": "moto server (python -m moto.server) on 127.0.0.1, same machine",

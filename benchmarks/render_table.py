@@ -65,6 +65,8 @@ HEADLINE: list[str] = [
     r"disk_over_raw_fp16_minilm_(lz4|zstd|zstd1|none)",
     r"rows_per_s_extract_(local|s3)_minilm",
     r"s3_over_local_rows_per_s",
+    r"ingest_rows_per_s_(local|s3)_minilm",
+    r"ingest_s3_over_local",
     r"stc_minus_best_baseline_pt_\w+",
     r"(rt|debates)_one_se_refit_stc_acc",
     r"pooling_median_rel_err_\w+",
