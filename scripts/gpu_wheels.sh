@@ -34,6 +34,10 @@ PLATFORMS=${GPU_PLATFORMS:-manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_
 SLIM_LIMIT_MB=${GPU_WHEELS_LIMIT_MB:-60}
 # what stcstore's GPU steps import that a CUDA torch image lacks, and their own missing needs
 SLIM=(zarr numcodecs donfig google-crc32c datasets dill multiprocess gguf)
+# more, for an image whose own version is too old (e.g. GPU_WHEELS_EXTRA="pyarrow" for datasets'
+# pyarrow>=24: 42 MB, still under the limit)
+read -r -a EXTRA <<<"${GPU_WHEELS_EXTRA:-}"
+SLIM+=("${EXTRA[@]}")
 # packages the GPU image holds (the device's image list; stcstore's other dependencies among them)
 IMAGE_HAS="torch transformers tokenizers safetensors huggingface-hub numpy pandas pyarrow scikit-learn
 scipy matplotlib typer rich tqdm psutil pytest accelerate fsspec filelock packaging pyyaml
