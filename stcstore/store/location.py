@@ -225,12 +225,15 @@ class Location:
                     if isinstance(exc, FileExistsError) or precondition_failed(exc):
                         raise FileExistsError(self.url) from exc
                     raise
-            try:
+            import inspect
+
+            if "mode" in inspect.signature(self.fs.pipe_file).parameters:
                 return self.fs.pipe_file(self.path, data, mode="create")
-            except TypeError:  # fsspec before 2024.12 has no create mode: look, then write
-                if self.fs.exists(self.path):
-                    raise FileExistsError(self.url) from None
-                return self.fs.pipe_file(self.path, data)
+            # fsspec before 2024.12 has no create mode (and ignores one given): look, then write
+            self._fresh()
+            if self.fs.exists(self.path):
+                raise FileExistsError(self.url)
+            return self.fs.pipe_file(self.path, data)
 
     def replace_if_unchanged(self, data: bytes, etag: Optional[str]) -> Any:
         """Overwrite only if the object still has this ETag (S3 If-Match); FileExistsError when it changed."""
@@ -297,7 +300,12 @@ class Location:
         from zarr.storage import FsspecStore
 
         with _errors(self):
-            return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
+            try:
+                return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
+            except ImportError as exc:  # zarr wraps synchronous file systems (memory://) with fsspec >= 2024.12
+                raise MissingDependencyError(
+                    f"--store {self.url}: zarr needs a newer fsspec for {self.protocol}:// ({_first_line(exc)}): "
+                    f"pip install -U fsspec") from exc
 
     # -- internals ------------------------------------------------------------------------
     def _fresh(self) -> None:
