@@ -16,8 +16,8 @@ from ..store.reader import RunReader
 from .aggregate import LayerProbe, n_blocks
 from .blocks import fit_path, labels_from_decision, load_block, read_columns, val_key
 from .metrics import classification_metrics
+from .aggregate import SITE_CODES
 from .refit import refit as refit_cols
-from .refit import refit_buffers
 from .selection import choose
 from .splits import SplitPlan
 from .standardize import StatsCache, standardize_columns
@@ -70,10 +70,8 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
         del te, X_test
         if refit:
             d = reader.width(p.site)
-            X, bufs = refit_buffers(plan, d, reader.layout.dtype)
-            read_columns(reader, plan, row_maps, p.site, p.pool, p.layer, np.arange(d), out=bufs)
-            r = refit_cols(solver, X, bufs[2], plan, p.C)
-            del X, bufs
+            r = refit_cols(solver, reader, plan, row_maps, p.pool, np.full(d, SITE_CODES[p.site]), np.full(d, p.layer),
+                           np.arange(d), p.C)
             entry.update(classification_metrics(y_te, r.test_decision, K))
             preds[name] = labels_from_decision(r.test_decision)
             entry["no_refit"] = {"n_features": p.n_nonzero, **trained}
@@ -123,12 +121,8 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
         entry.update(trained)
         return entry
     # train + val statistics per layer: the refit reads each layer's raw columns once more
-    X, bufs = refit_buffers(plan, L * d, reader.layout.dtype)
-    for layer in range(L):
-        sl = slice(layer * d, (layer + 1) * d)
-        read_columns(reader, plan, row_maps, site, pool, layer, all_cols, out=tuple(b[:, sl] for b in bufs))
-    r = refit_cols(solver, X, bufs[2], plan, float(Cs[ci]))
-    del X, bufs
+    r = refit_cols(solver, reader, plan, row_maps, pool, np.full(L * d, SITE_CODES[site]),
+                   np.repeat(np.arange(L), d), np.tile(all_cols, L), float(Cs[ci]))
     entry.update(classification_metrics(y_te, r.test_decision, K))
     preds["all_layers_concat"] = labels_from_decision(r.test_decision)
     entry["no_refit"] = {"n_features": nnz[ci], **trained}

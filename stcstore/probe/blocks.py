@@ -200,15 +200,19 @@ def return_freed_blocks_to_os() -> None:
 
 
 def read_features(reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str, site: np.ndarray,
-                  layer: np.ndarray, index: np.ndarray, out: Optional[tuple] = None
+                  layer: np.ndarray, index: np.ndarray, roles: Sequence[int] = (0, 1, 2)
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw train, val and test columns of features (site code, layer entry, neuron) of one pool, in order."""
+    """Raw train, val and test columns of features (site code, layer entry, neuron) of one pool, in order.
+
+    A role not in `roles` (0 train, 1 val, 2 test) comes back with no rows.
+    """
     names = {code: name for name, code in SITE_CODES.items()}
     raw_dtype = np.dtype(reader.layout.dtype)
-    outs = out or tuple(np.empty((plan.n(role), len(index)), dtype=raw_dtype) for role in ("train", "val", "test"))
+    outs = tuple(np.empty((plan.n(role) if i in roles else 0, len(index)), dtype=raw_dtype)
+                 for i, role in enumerate(("train", "val", "test")))
     for s, l in sorted(set(zip(np.asarray(site).tolist(), np.asarray(layer).tolist()))):
         sel = (site == s) & (layer == l)
-        parts = read_columns(reader, plan, row_maps, names[s], pool, l, np.asarray(index)[sel])
+        parts = read_columns(reader, plan, row_maps, names[s], pool, l, np.asarray(index)[sel], roles=roles)
         for out, part in zip(outs, parts):
             out[:, sel] = part
     return outs

@@ -4,7 +4,7 @@ read in the store's dtype only when an aggregation still needs them."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -13,10 +13,11 @@ from .aggregate import LayerProbe
 from .blocks import Block, fit_path, load_block, read_columns, val_accuracy_raw, val_key
 from .checkpoints import LayerFit, LayerFitCache
 from .sparsify import keep_counts, ranking
+from .spill import Scratch
 from .splits import SplitPlan
 from .standardize import StatsCache
 
-__all__ = ["layer_probe", "read_kept_columns", "layer_entry"]
+__all__ = ["layer_probe", "kept_bytes", "read_kept_columns", "layer_entry"]
 
 
 def layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: SplitPlan, row_maps: dict,
@@ -43,15 +44,23 @@ def layer_probe(solver: Any, fits: LayerFitCache, reader: RunReader, plan: Split
     )
 
 
-def read_kept_columns(p: LayerProbe, reader: RunReader, plan: SplitPlan, row_maps: dict) -> None:
+def kept_bytes(probes: Sequence[LayerProbe], plan: SplitPlan, raw_dtype: Any) -> int:
+    """Bytes of the kept train and val columns of some layer probes, in the store's dtype."""
+    return sum(len(p.order) for p in probes) * (plan.n("train") + plan.n("val")) * np.dtype(raw_dtype).itemsize
+
+
+def read_kept_columns(p: LayerProbe, reader: RunReader, plan: SplitPlan, row_maps: dict,
+                      spill: Optional[Scratch] = None) -> None:
     """Give a layer probe its kept train and val columns, in the store's dtype, for aggregation.
 
     Read in a second pass once every layer of the pool is fitted: the float32 block of a fit
-    never coexists with them. No test columns: only the chosen configuration meets the test
-    rows, read again at the end.
+    never coexists with them. In scratch files when `spill` is given. No test columns: only
+    the chosen configuration meets the test rows, read again at the end.
     """
-    p.X_train, p.X_val, p.X_test = read_columns(reader, plan, row_maps, p.site, p.pool, p.layer, p.order,
-                                                roles=(0, 1))
+    tr, va, te = read_columns(reader, plan, row_maps, p.site, p.pool, p.layer, p.order, roles=(0, 1))
+    if spill is not None:
+        tr, va = spill.file(tr, "train"), spill.file(va, "val")
+    p.X_train, p.X_val, p.X_test = tr, va, te
 
 
 def _fit_layer(solver: Any, blk: Block, y_tr: np.ndarray, y_va: np.ndarray, K: int, Cs: Sequence[float]) -> LayerFit:

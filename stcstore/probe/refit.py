@@ -8,18 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import fit_path
+from ..store.reader import RunReader
+from .aggregate import SITE_CODES
+from .blocks import decision_rows, fit_path, read_columns
+from .solvers.lazy import StandardizedColumns
+from .spill import Scratch
 from .splits import SplitPlan
-from .standardize import ROW_CHUNK, StreamingScaler, standardize_columns
+from .standardize import StreamingScaler
 
-__all__ = ["Refit", "refit", "refit_buffers"]
+__all__ = ["Refit", "refit"]
 
 
 @dataclass
 class Refit:
     """A model refitted on train + val, restricted to its nonzero columns."""
 
-    cols: np.ndarray          # (F_nz,) positions among the columns given to `refit`
+    cols: np.ndarray          # (F_nz,) positions among the features given to `refit`
     coef: np.ndarray          # (n_out, F_nz)
     intercept: np.ndarray     # (n_out,)
     mean: np.ndarray          # (F_nz,) float64, train + val
@@ -27,27 +31,39 @@ class Refit:
     test_decision: np.ndarray  # (n_test, n_out)
 
 
-def refit_buffers(plan: SplitPlan, n_cols: int, raw_dtype: Any) -> tuple[np.ndarray, tuple]:
-    """The train + val matrix (float32) and the (train, val, test) arrays a reader fills for `refit`.
+def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str, site: np.ndarray,
+          layer: np.ndarray, index: np.ndarray, C: float) -> Refit:
+    """Fit features (site code, layer entry, neuron) of one pool on train + val at one C; decide on test.
 
-    Train and val rows are read straight into one float32 matrix that `refit` standardises in
-    place, so no raw copy of them exists beside it.
+    Each layer's columns are read once in the store's dtype (train and val rows together, in a
+    scratch file when large) with their train + val statistics; the design is standardised as
+    the solver reads it, so no float32 copy of it grows with the row count.
     """
-    n_tr = plan.n("train")
-    X = np.empty((n_tr + plan.n("val"), n_cols), dtype=np.float32)
-    return X, (X[:n_tr], X[n_tr:], np.empty((plan.n("test"), n_cols), dtype=raw_dtype))
-
-
-def refit(solver: Any, X: np.ndarray, te: np.ndarray, plan: SplitPlan, C: float) -> Refit:
-    """Fit X (train then val rows, raw values, standardised here in place) at one C; decide on raw test rows."""
-    scaler = StreamingScaler().partial_fit(X)
-    mean, scale = scaler.mean_, scaler.scale_
-    # the same arithmetic as every other standardisation (transform_ == standardize_columns)
-    scaler.transform_(X, ROW_CHUNK)
-    y = np.concatenate([plan.y["train"], plan.y["val"]])
-    coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None)
-    coef, icpt = coef[0, 0], icpt[0, 0]
-    nz = np.flatnonzero(np.any(coef != 0, axis=0))
-    Z = standardize_columns(te, nz, mean[nz], scale[nz])
-    return Refit(cols=nz, coef=coef[:, nz].copy(), intercept=icpt.copy(), mean=mean[nz], scale=scale[nz],
-                 test_decision=Z @ coef[:, nz].T + icpt)
+    site, layer, index = (np.asarray(a, dtype=np.int64) for a in (site, layer, index))
+    names = {code: name for name, code in SITE_CODES.items()}
+    # the design's columns go layer by layer; perm[j] is the given position of design column j
+    perm = np.argsort(site * (1 << 21) + layer, kind="stable")
+    n_tv = plan.n("train") + plan.n("val")
+    need = len(index) * n_tv * np.dtype(reader.layout.dtype).itemsize
+    with Scratch() as scratch:
+        spill = scratch.spills(need)
+        fit_parts, test_parts = [], []
+        for s, l in sorted(set(zip(site.tolist(), layer.tolist()))):
+            cols = perm[(site[perm] == s) & (layer[perm] == l)]
+            tr, va, te = read_columns(reader, plan, row_maps, names[s], pool, l, index[cols])
+            tv = np.concatenate([tr, va])
+            del tr, va
+            scaler = StreamingScaler().partial_fit(tv)
+            fit_parts.append((scratch.file(tv, "refit") if spill else tv, scaler.mean_, scaler.scale_))
+            test_parts.append((te, scaler.mean_, scaler.scale_))
+            del tv
+        X = StandardizedColumns(fit_parts, n_rows=n_tv)
+        y = np.concatenate([plan.y["train"], plan.y["val"]])
+        coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None)
+        coef, icpt = coef[0, 0], icpt[0, 0]
+        nz = np.flatnonzero(np.any(coef != 0, axis=0))
+        dec = decision_rows(StandardizedColumns(test_parts, n_rows=plan.n("test")), coef, icpt)
+        mean = np.concatenate([m for _, m, _ in fit_parts]) if fit_parts else np.zeros(0)
+        scale = np.concatenate([sc for _, _, sc in fit_parts]) if fit_parts else np.zeros(0)
+    return Refit(cols=perm[nz], coef=coef[:, nz].copy(), intercept=icpt.copy(), mean=mean[nz], scale=scale[nz],
+                 test_decision=dec)

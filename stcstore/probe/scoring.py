@@ -13,7 +13,7 @@ from .aggregate import SITE_CODES
 from .blocks import labels_from_decision, read_features
 from .candidates import Candidate
 from .metrics import classification_metrics
-from .refit import refit, refit_buffers
+from .refit import refit
 from .splits import SplitPlan
 from .standardize import standardize_columns
 
@@ -35,16 +35,14 @@ def score_stc(best: Candidate, config: ProbeConfig, reader: RunReader, plan: Spl
     stc = dict(best.entry)
     trained, feats = None, None
     if best.coef is not None:       # chosen by cross-validation there is no train-only fit to score
-        _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index)
+        _, _, te = read_features(reader, plan, row_maps, pool, best.site, best.layer, best.index, roles=(2,))
         dec = standardize_columns(te, np.arange(te.shape[1]), best.mean, best.scale) @ best.coef.T + best.intercept
         trained = classification_metrics(y_te, dec, K)
         preds["stc_no_refit" if config.refit else "stc"] = labels_from_decision(dec)
         feats = (best.site, best.layer, best.index, best.coef, best.intercept, best.mean, best.scale)
     if config.refit:
-        X, bufs = refit_buffers(plan, len(best.kept_index), reader.layout.dtype)
-        read_features(reader, plan, row_maps, pool, best.kept_site, best.kept_layer, best.kept_index, out=bufs)
-        r = refit(solver, X, bufs[2], plan, best.entry["C"])
-        del X, bufs
+        r = refit(solver, reader, plan, row_maps, pool, best.kept_site, best.kept_layer, best.kept_index,
+                  best.entry["C"])
         stc.update(classification_metrics(y_te, r.test_decision, K))
         preds["stc"] = labels_from_decision(r.test_decision)
         stc["n_features"] = int(len(r.cols))

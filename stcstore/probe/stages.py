@@ -15,7 +15,8 @@ from .aggregate import LayerProbe
 from .candidates import Candidate, add_to_front, aggregate, load_aggregate, save_aggregate
 from .checkpoints import LayerFitCache, layer_fit_key
 from .experiment import Experiment
-from .layer_probes import layer_probe, read_kept_columns
+from .layer_probes import kept_bytes, layer_probe, read_kept_columns
+from .spill import Scratch
 from .splits import SplitPlan
 from .standardize import StatsCache, cache_key
 
@@ -70,26 +71,28 @@ def run_stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: 
                     solver, fits, reader, plan, row_maps, cache, site, pool, layer, y_tr, y_va, K, Cs, etas,
                     timer=timer)
                 bar.update(1)
-        if pending:
-            with timer("load"):
-                for site in sites:
-                    for layer in range(n_layers[site]):
-                        read_kept_columns(probes[(site, pool, layer)], reader, plan, row_maps)
-        with timer("aggregate"):
-            for ci, choice in enumerate(choices):
-                if done[choice] is None:
-                    bar.set_description(f"{tag}aggregate {choice}/{pool}")
-                    done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
-                                             y_tr, y_va, K, bar)
-                    save_aggregate(exp, choice, pool, *done[choice], tag=tag)
-                else:
-                    bar.update(len(etas))
-                entries, local = done[choice]
-                search.extend(entries)
-                for cand in local:
-                    front = add_to_front(front, cand)
-        for site in sites:
-            for layer in range(n_layers[site]):
-                probes[(site, pool, layer)].release_fit_columns()
-                probes[(site, pool, layer)].release_test_columns()
+        # kept columns beyond a fixed allowance go to scratch files: memory stays flat in n
+        with Scratch() as scratch:
+            pool_probes = [probes[(site, pool, layer)] for site in sites for layer in range(n_layers[site])]
+            if pending:
+                spill = scratch if scratch.spills(kept_bytes(pool_probes, plan, reader.layout.dtype)) else None
+                with timer("load"):
+                    for p in pool_probes:
+                        read_kept_columns(p, reader, plan, row_maps, spill)
+            with timer("aggregate"):
+                for ci, choice in enumerate(choices):
+                    if done[choice] is None:
+                        bar.set_description(f"{tag}aggregate {choice}/{pool}")
+                        done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
+                                                 y_tr, y_va, K, bar)
+                        save_aggregate(exp, choice, pool, *done[choice], tag=tag)
+                    else:
+                        bar.update(len(etas))
+                    entries, local = done[choice]
+                    search.extend(entries)
+                    for cand in local:
+                        front = add_to_front(front, cand)
+            for p in pool_probes:
+                p.release_fit_columns()
+                p.release_test_columns()
     return Stages(probes, search, front, resumed, fits, cache, row_maps)

@@ -13,7 +13,9 @@ from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
 
 # rows of X whose working-set columns a Hessian gathers at a time
-HESSIAN_ROWS = 2048
+HESSIAN_ROWS = 1024
+# rows of a Newton system converted to float64 at a time for the refinement residual
+_REFINE_ROWS = 256
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +294,12 @@ def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
     Lc, info = torch.linalg.cholesky_ex(A)
     if int(info) == 0:
         x = torch.cholesky_solve(b[:, None], Lc)[:, 0]
-        r = b.double() - A.double() @ x.double()
+        # the float64 residual a row block at a time: a float64 copy of A would double the
+        # largest allocation of a Newton step (working sets of thousands of columns)
+        x64 = x.double()
+        r = b.double()
+        for i in range(0, A.shape[0], _REFINE_ROWS):
+            r[i:i + _REFINE_ROWS] -= A[i:i + _REFINE_ROWS].double() @ x64
         return x + torch.cholesky_solve(r.float()[:, None], Lc)[:, 0]
     Lc, info = torch.linalg.cholesky_ex(A.double())
     if int(info) != 0:
