@@ -4,6 +4,7 @@ everything reports exactly what one holding its columns in memory reports."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -36,12 +37,23 @@ def test_row_file_reads_rows_and_column_prefixes(tmp_path) -> None:
     np.testing.assert_array_equal(disk.rows(0, 37, np.array([9, 1])), mem.rows(0, 37, np.array([9, 1])))
 
 
-def test_scratch_spills_above_its_allowance_and_cleans_up() -> None:
+def test_scratch_spills_above_its_allowance_and_cleans_up(tmp_path, monkeypatch) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"stcstore-probe-{int(dead.stdout)}-abc"      # a probe killed with -9 left it
+    orphan.mkdir()
+    alive = tmp_path / f"stcstore-probe-{os.getpid()}-xyz"           # a live probe's folder stays
+    alive.mkdir()
     with Scratch(in_memory_bytes=100) as s:
         assert not s.spills(100) and s.spills(101)
         f = s.file(np.ones((3, 4), np.float16))
         folder = f.path.parent
-        assert f.path.is_file() and folder.name.startswith("stcstore-probe-")
+        assert f.path.is_file() and folder.name.startswith(f"stcstore-probe-{os.getpid()}-")
+        assert not orphan.exists() and alive.exists()
     assert not folder.exists()
 
 

@@ -5,7 +5,8 @@ columns (in the store's dtype) exceed a fixed in-memory allowance they are writt
 scratch file per layer and each pass reads the rows it needs with `pread`: the operating
 system's page cache keeps them close while memory is free, and the process's own memory stays
 flat in the row count. Files live under a private temporary folder (TMPDIR decides where)
-that `Scratch` removes when the probe ends.
+that `Scratch` removes when the probe ends; folders of probes killed before that are removed
+by the next probe that spills.
 """
 
 from __future__ import annotations
@@ -22,6 +23,22 @@ __all__ = ["RowFile", "Scratch", "IN_MEMORY_BYTES"]
 
 # kept columns up to this size (all layers of a pool, train and val rows) stay in memory
 IN_MEMORY_BYTES = 64 << 20
+_PREFIX = "stcstore-probe-"
+
+
+def _remove_orphans() -> None:
+    """Remove scratch folders of probes that died without cleaning up (kill -9): their pid is gone."""
+    for d in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        try:
+            pid = int(d.name[len(_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:   # another user's live process
+            pass
 
 
 class RowFile:
@@ -106,7 +123,8 @@ class Scratch:
     def file(self, array: np.ndarray, name: str = "cols") -> RowFile:
         """`array` written to a new scratch file."""
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="stcstore-probe-"))
+            _remove_orphans()
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         self._n += 1
         return RowFile.write(self._dir / f"{self._n:05d}.{name}.raw", array)
 
