@@ -243,9 +243,14 @@ def test_break_lock_after_kill(s3, bucket, tiny_model, review_csv):
     err = " ".join(res.stderr.split())
     assert "removed the lock of pid" in err and socket.gethostname() in err
     assert open_run(url).is_complete()
-    # rm --break-lock with nothing to break just removes
+    # rm refuses a dead writer's run until --break-lock removes its lock, saying whose it was
+    _hold_and_die(url, "r1", {"STCSTORE_LOCK_LEASE": "3"})
+    res = cli("rm", "--store", url, "--run", "r1")
+    assert res.returncode == 2 and "is being written by pid" in res.stderr
     res = cli("rm", "--store", url, "--run", "r1", "--break-lock")
     assert res.returncode == 0, res.stderr
+    assert "run 'r1': removed the lock of pid" in " ".join(res.stderr.split())
+    assert _keys(s3[0], bucket, "b.zarr/r1") == []
 
 
 def test_break_lock_refuses_a_live_writer(s3, bucket, monkeypatch):

@@ -44,7 +44,7 @@ def remove(store: "str | Path | Location", run: Optional[str] = None, experiment
                 f"check the name with `stcstore info --store {path}`"
             )
         if break_locks:
-            log.info("%s", break_lock(folder / PROBE_LOCK_FILE, f"experiment {experiment!r}"))
+            log.warning("%s", break_lock(folder / PROBE_LOCK_FILE, f"experiment {experiment!r}"))
         with experiment_lock(folder, experiment):
             folder.remove_tree(keep=_held(folder))
         folder.remove_tree()
@@ -52,9 +52,9 @@ def remove(store: "str | Path | Location", run: Optional[str] = None, experiment
         return _shown(folder)
     folders = [probes / n for n in probes.children() if (probes / n).is_dir()]
     if break_locks:
-        log.info("%s", break_lock(run_dir / LOCK_FILE, f"run {name!r}"))
+        log.warning("%s", break_lock(run_dir / LOCK_FILE, f"run {name!r}"))
         for folder in folders:
-            log.info("%s", break_lock(folder / PROBE_LOCK_FILE, f"experiment {folder.name!r}"))
+            log.warning("%s", break_lock(folder / PROBE_LOCK_FILE, f"experiment {folder.name!r}"))
     with ExitStack() as locks:
         locks.enter_context(WriterLock(run_dir, name))
         for folder in folders:
