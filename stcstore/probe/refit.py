@@ -10,11 +10,11 @@ import numpy as np
 
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
-from .blocks import decision_rows, fit_path, read_columns
+from .blocks import fit_path, read_columns, read_features
 from .solvers.lazy import StandardizedColumns
 from .spill import Scratch
 from .splits import SplitPlan
-from .standardize import StreamingScaler
+from .standardize import StreamingScaler, standardize_columns
 
 __all__ = ["Refit", "refit"]
 
@@ -37,7 +37,8 @@ def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool:
 
     Each layer's columns are read once in the store's dtype (train and val rows together, in a
     scratch file when large) with their train + val statistics; the design is standardised as
-    the solver reads it, so no float32 copy of it grows with the row count.
+    the solver reads it, so no float32 copy of it grows with the row count. Test rows are read
+    for the nonzero columns only.
     """
     site, layer, index = (np.asarray(a, dtype=np.int64) for a in (site, layer, index))
     names = {code: name for name, code in SITE_CODES.items()}
@@ -47,23 +48,28 @@ def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool:
     need = len(index) * n_tv * np.dtype(reader.layout.dtype).itemsize
     with Scratch() as scratch:
         spill = scratch.spills(need)
-        fit_parts, test_parts = [], []
+        fit_parts, means, scales = [], [], []
+        n_tr = plan.n("train")
         for s, l in sorted(set(zip(site.tolist(), layer.tolist()))):
             cols = perm[(site[perm] == s) & (layer[perm] == l)]
-            tr, va, te = read_columns(reader, plan, row_maps, names[s], pool, l, index[cols])
-            tv = np.concatenate([tr, va])
-            del tr, va
+            tv = np.empty((n_tv, len(cols)), dtype=reader.layout.dtype)    # train rows, then val rows
+            read_columns(reader, plan, row_maps, names[s], pool, l, index[cols], roles=(0, 1),
+                         out=(tv[:n_tr], tv[n_tr:], tv[:0]))
             scaler = StreamingScaler().partial_fit(tv)
             fit_parts.append((scratch.file(tv, "refit") if spill else tv, scaler.mean_, scaler.scale_))
-            test_parts.append((te, scaler.mean_, scaler.scale_))
+            means.append(scaler.mean_)
+            scales.append(scaler.scale_)
             del tv
         X = StandardizedColumns(fit_parts, n_rows=n_tv)
         y = np.concatenate([plan.y["train"], plan.y["val"]])
         coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None)
-        coef, icpt = coef[0, 0], icpt[0, 0]
-        nz = np.flatnonzero(np.any(coef != 0, axis=0))
-        dec = decision_rows(StandardizedColumns(test_parts, n_rows=plan.n("test")), coef, icpt)
-        mean = np.concatenate([m for _, m, _ in fit_parts]) if fit_parts else np.zeros(0)
-        scale = np.concatenate([sc for _, _, sc in fit_parts]) if fit_parts else np.zeros(0)
+        del X, fit_parts[:]
+    coef, icpt = coef[0, 0], icpt[0, 0]
+    nz = np.flatnonzero(np.any(coef != 0, axis=0))
+    mean = np.concatenate(means) if means else np.zeros(0)
+    scale = np.concatenate(scales) if scales else np.zeros(0)
+    # test rows of the nonzero columns only: a fraction of the kept ones
+    *_, te = read_features(reader, plan, row_maps, pool, site[perm[nz]], layer[perm[nz]], index[perm[nz]], roles=(2,))
+    dec = standardize_columns(te, np.arange(len(nz)), mean[nz], scale[nz]) @ coef[:, nz].T + icpt
     return Refit(cols=perm[nz], coef=coef[:, nz].copy(), intercept=icpt.copy(), mean=mean[nz], scale=scale[nz],
                  test_decision=dec)
