@@ -65,6 +65,9 @@ def test_storage_options_parse_json_values_else_strings():
     for bad in ("novalue", "=x"):
         with pytest.raises(ConfigError, match="KEY=VALUE"):
             parse_storage_options([bad])
+    # dotted keys nest, as s3fs takes client_kwargs / config_kwargs
+    loc = open_location(_mem(), parse_storage_options(["client_kwargs.region_name=eu", "client_kwargs.verify=false"]))
+    assert dict(loc.storage_options) == {"client_kwargs": {"region_name": "eu", "verify": False}}
 
 
 def test_progress_records_in_memory():

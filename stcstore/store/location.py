@@ -21,7 +21,7 @@ from typing import Any, Collection, Iterator, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, MissingDependencyError, StoreError
 
-__all__ = ["Location", "open_location", "parse_storage_options", "is_url", "precondition_failed"]
+__all__ = ["Location", "open_location", "parse_storage_options", "precondition_failed"]
 
 # object stores whose fsspec listing cache would hide what other processes (ranks, a resumed
 # job) wrote since this process first listed a prefix: we always want a fresh listing
@@ -29,11 +29,6 @@ _FRESH_LISTINGS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci"
 # the packages that bring each common protocol, for a one-line "install X" message
 _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
              "abfss": "adlfs", "adl": "adlfs", "hf": "huggingface_hub", "sftp": "paramiko", "ssh": "paramiko"}
-
-
-def is_url(store: str | os.PathLike | "Location") -> bool:
-    """True when `store` names an fsspec URL (scheme://...) rather than a local path."""
-    return isinstance(store, str) and "://" in store and not store.startswith("file://")
 
 
 def parse_storage_options(items: Optional[Sequence[str]]) -> dict[str, Any]:
