@@ -383,3 +383,42 @@ def test_probe_reads_and_writes_its_experiment_in_the_bucket(s3, bucket, tiny_mo
     assert [e["name"] for e in json.loads(res.stdout)["runs"][0]["experiment_reports"]] == ["label"]
     assert cli("rm", "--store", url, "--experiment", "label").returncode == 0
     assert _keys(client, bucket, "p.zarr/r1/probes/label/") == []
+
+
+@pytest.mark.slow
+def test_a_stopped_writer_whose_lock_was_taken_over_commits_nothing_more(s3, bucket, tiny_model, review_csv, tmp_path):
+    """SIGSTOP a writer past its lease, let another take over and finish, SIGCONT: the first stops (exit 2)."""
+    client, _ = s3
+    url = f"s3://{bucket}/z.zarr"
+    args = ["extract", "--model", str(tiny_model("bert")), "--data", str(review_csv), "--chunk-rows", "8",
+            "--batch-size", "4", "--max-length", "64", "--no-progress", "--run", "r1"]
+    ref = tmp_path / "ref.zarr"
+    assert cli(*args, "--store", str(ref)).returncode == 0
+    env = {**os.environ, "STCSTORE_LOCK_LEASE": "2"}
+    records = "z.zarr/r1/_progress/train/"
+    first = subprocess.Popen([sys.executable, "-m", "stcstore", *args, "--store", url], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while first.poll() is None and time.time() < deadline and len(_keys(client, bucket, records)) < 2:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        stopped_at = len(_keys(client, bucket, records))
+        assert 2 <= stopped_at < 19, "stopped part way"
+        time.sleep(2.5)  # its heartbeat is now older than its lease
+        second = run_cli(*args, "--store", url, env={"STCSTORE_LOCK_LEASE": "2"})
+        assert second.returncode == 0, second.stderr
+        assert "took over the lock" in " ".join(second.stderr.split())
+        done = {k: client.head_object(Bucket=bucket, Key=k)["ETag"] for k in _keys(client, bucket, records)}
+        assert len(done) == 19
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+    assert first.returncode == 2, err
+    assert "lost the lock" in " ".join(err.split())
+    after = {k: client.head_object(Bucket=bucket, Key=k)["ETag"] for k in _keys(client, bucket, records)}
+    assert after == done, "the stopped writer committed nothing after it woke"
+    _assert_same(_read_all(url), _read_all(ref))

@@ -76,6 +76,8 @@ class WriterLock:
         self._token = uuid.uuid4().hex
         self._etag: Optional[str] = None
         self._stop = threading.Event()
+        self._renewing = threading.Lock()   # the heartbeat thread and check() never renew at once
+        self._renewed = 0.0                 # monotonic time of the last successful heartbeat
         self._thread: Optional[threading.Thread] = None
         self.lost: Optional[str] = None
 
@@ -106,6 +108,7 @@ class WriterLock:
                 break
         else:
             raise StoreLockedError(f"{self.what}: its lock at {self.loc} keeps changing: {self.fix}")
+        self._renewed = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="stcstore-lock-heartbeat", daemon=True)
         self._thread.start()
@@ -129,7 +132,14 @@ class WriterLock:
                     self.loc.remove()
 
     def check(self) -> None:
-        """Raise StoreLockedError when another writer has taken this lock over (we stalled past the lease)."""
+        """Raise StoreLockedError when another writer has taken this lock over (we stalled past the lease).
+
+        Called before every commit. When the last heartbeat is older than half the lease (this
+        process was stopped or starved, and its heartbeat thread with it), the lock is renewed
+        here first, so a writer that lost its lock finds out before it writes a record.
+        """
+        if self._thread is not None and self.lost is None and time.monotonic() - self._renewed > self.lease_s / 2:
+            self._refresh()
         if self.lost is not None:
             raise StoreLockedError(f"{self.what}: {self.lost}: stopped before committing more; rerun to resume")
 
@@ -179,6 +189,13 @@ class WriterLock:
 
     def _refresh(self) -> None:
         """Rewrite the heartbeat, only while the lock is still ours."""
+        with self._renewing:
+            if self.lost is None:
+                self._refresh_now()
+                if self.lost is None:
+                    self._renewed = time.monotonic()
+
+    def _refresh_now(self) -> None:
         if _conditional(self.loc):
             try:
                 self._etag = _etag_of(self.loc, self.loc.replace_if_unchanged(self._body(), self._etag))

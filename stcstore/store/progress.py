@@ -9,6 +9,7 @@ chunks as the fill value.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from .location import Location, open_location
 __all__ = ["commit_window", "uncommit_window", "committed_windows", "window_records", "clear_progress", "atomic_write_text"]
 
 RunDir = "Path | str | Location"
+log = logging.getLogger(__name__)
 
 
 def _split_dir(run_dir: RunDir, split: str) -> Location:
@@ -41,8 +43,20 @@ def atomic_write_text(path: "Path | str | Location", text: str) -> None:
 
 
 def commit_window(run_dir: RunDir, split: str, window: int, record: dict[str, Any]) -> None:
-    """Mark one window of a split as fully written (call after its chunks are stored)."""
-    (_split_dir(run_dir, split) / _record_name(window)).write_text(json.dumps(record))
+    """Mark one window of a split as fully written (call after its chunks are stored).
+
+    On object storage the record is created only if none exists (If-None-Match): a writer that
+    stalled with a request in flight, and lost its lock meanwhile, cannot replace the record of
+    the writer that took over (a window already committed stays as it was).
+    """
+    loc = _split_dir(run_dir, split) / _record_name(window)
+    if loc.is_local:
+        loc.write_text(json.dumps(record))
+        return
+    try:
+        loc.create_exclusive(json.dumps(record).encode())
+    except FileExistsError:
+        log.warning("window %d of split %r was already committed by another writer: kept as it is", window, split)
 
 
 def uncommit_window(run_dir: RunDir, split: str, window: int) -> bool:
