@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MIN_CHUNK_ROWS = 16
 # a design given as StandardizedColumns is built a row chunk of at most this size at a time (a
 # smaller one is built once, whole): so the host never holds it in float32, whatever n
-STREAM_CHUNK_BYTES = 16 << 20
+STREAM_CHUNK_BYTES = 8 << 20
 
 
 @dataclass

@@ -13,7 +13,7 @@ from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
 
 # rows of X whose working-set columns a Hessian gathers at a time
-HESSIAN_ROWS = 1024
+HESSIAN_ROWS = 256
 # rows of a Newton system converted to float64 at a time for the refinement residual
 _REFINE_ROWS = 256
 
@@ -236,9 +236,8 @@ def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor
     for _ in range(rounds):
         sgn = torch.sign(u) * pen
         fi = torch.nonzero((u != 0) | (pen == 0))[:, 0]
-        Hs = H.index_select(0, fi).index_select(1, fi)
         rhs = -(c.index_select(0, fi) + sgn.index_select(0, fi))
-        sol = _spd_solve(Hs, rhs)
+        sol = _spd_solve(H, fi, rhs)
         if sol is None:
             break
         u_new = torch.zeros_like(u)
@@ -282,23 +281,27 @@ def _line_search(data: _Data, Wp: torch.Tensor, C: torch.Tensor, ev: _Eval, dW: 
 
 
 
-def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
-    """A^-1 b for symmetric positive definite A: float32 Cholesky plus one float64 refinement.
+def _spd_solve(H: torch.Tensor, fi: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
+    """A^-1 b for the principal block A = H[fi, fi] (symmetric positive definite): float32
+    Cholesky plus one float64 refinement.
 
     The refinement step (residual in float64, correction with the same factor) recovers most
-    of a float64 solve's accuracy at half its cost; float64 throughout if float32 fails.
+    of a float64 solve's accuracy at half its cost; float64 throughout if float32 fails. One
+    copy of A exists, factored in place, and the residual reads A's rows from H a block at a
+    time: with working sets of thousands of columns these systems are a Newton step's largest
+    allocations.
     """
-    Lc, info = torch.linalg.cholesky_ex(A)
+    A = H[fi[:, None], fi]
+    Lc, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32, device=A.device)))
     if int(info) == 0:
         x = torch.cholesky_solve(b[:, None], Lc)[:, 0]
-        # the float64 residual a row block at a time: a float64 copy of A would double the
-        # largest allocation of a Newton step (working sets of thousands of columns)
         x64 = x.double()
         r = b.double()
-        for i in range(0, A.shape[0], _REFINE_ROWS):
-            r[i:i + _REFINE_ROWS] -= A[i:i + _REFINE_ROWS].double() @ x64
+        for i in range(0, len(fi), _REFINE_ROWS):
+            r[i:i + _REFINE_ROWS] -= H[fi[i:i + _REFINE_ROWS, None], fi].double() @ x64
         return x + torch.cholesky_solve(r.float()[:, None], Lc)[:, 0]
-    Lc, info = torch.linalg.cholesky_ex(A.double())
+    del A, Lc
+    Lc, info = torch.linalg.cholesky_ex(H[fi[:, None], fi].double())
     if int(info) != 0:
         return None
     return torch.cholesky_solve(b.double()[:, None], Lc)[:, 0].float()

@@ -64,7 +64,7 @@ class TorchSolver(Solver):
     streams_designs = True
 
     def __init__(self, device: str = "cpu", tol: float = 1e-4, method: str = "auto", path: str = "warm",
-                 max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 4096,
+                 max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 3072,
                  ws_growth: float = 1.25, inner_max_iter: int = 100, inner_rtol: float = 0.1,
                  memory_budget: Optional[int] = None) -> None:
         if method not in METHODS:
@@ -83,6 +83,8 @@ class TorchSolver(Solver):
         self.path = path
         self.max_iter = max_iter
         self.min_working_set = int(min_working_set)
+        # a Newton system and its Cholesky copy stay within 2 x 36 MiB per logit (the support, and so
+        # the working set, grows with n; a larger cap made peak memory grow with the row count)
         self.max_working_set = int(max_working_set)
         self.ws_growth = float(ws_growth)
         self.inner_max_iter = int(inner_max_iter)
