@@ -46,6 +46,8 @@ def test_default_budget_is_a_share_of_available_ram() -> None:
 
 def test_concat_bytes_counts_the_float64_copy_of_sklearn() -> None:
     assert concat_bytes(10, 6, 100, "torch") == 10 * 100 * 4
+    # beyond the in-memory allowance the torch backend's raw columns go to scratch files
+    assert concat_bytes(10**6, 6 * 10**5, 10**4, "torch") == 64 << 20
     assert concat_bytes(10, 6, 100, "sklearn") == 10 * 100 * 4 + 6 * 100 * 8
 
 

@@ -58,10 +58,10 @@ def test_scratch_spills_above_its_allowance_and_cleans_up(tmp_path, monkeypatch)
 
 
 def test_probe_spilling_everything_reports_the_same(tmp_path, monkeypatch) -> None:
-    """Kept columns and refit columns in scratch files: the identical search table and report."""
+    """Kept, refit and concat columns in scratch files: the identical search table and report."""
     store = build_store(tmp_path / "s.zarr", {"train": 500, "extra": 150})
     args = ["probe", "--store", str(store), "--label", "sentiment", "--split-column", "fold", "--c-grid", C_GRID,
-            "--eta-grid", ETA_GRID, "--no-progress", "--no-plots", "--backend", "torch", "--no-concat-baseline"]
+            "--eta-grid", ETA_GRID, "--no-progress", "--no-plots", "--backend", "torch"]
     reports = {}
     made = []
     real_file = Scratch.file
@@ -83,5 +83,6 @@ def test_probe_spilling_everything_reports_the_same(tmp_path, monkeypatch) -> No
     assert {"train", "val", "refit"} <= set(made)
     (mem, mem_search), (disk, disk_search) = reports["mem"], reports["disk"]
     assert disk_search == mem_search
+    assert disk["baselines"]["all_layers_concat"] is not None   # the concat baseline spills too
     for key in ("stc", "baselines"):
         assert disk[key] == mem[key]

@@ -14,11 +14,13 @@ import numpy as np
 
 from ..store.reader import RunReader
 from .aggregate import LayerProbe, n_blocks
-from .blocks import fit_path, labels_from_decision, load_block, read_columns, val_key
+from .blocks import decision_rows, fit_path, labels_from_decision, load_block, read_columns, val_key
 from .metrics import classification_metrics
 from .aggregate import SITE_CODES
 from .refit import refit as refit_cols
 from .selection import choose
+from .solvers.lazy import StandardizedColumns
+from .spill import Scratch
 from .splits import SplitPlan
 from .standardize import StatsCache, standardize_columns
 
@@ -86,35 +88,33 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
 def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache,
                     site: str, pool: str, L: int, Cs: Sequence[float], rule: str, refit: bool,
                     preds: dict) -> dict[str, Any]:
-    """Every layer of one site/pool side by side (memory grows with the number of layers, by definition)."""
+    """Every layer of one site/pool side by side: raw columns (in scratch files when large), standardised
+    as the solver reads them; a solver that needs a matrix builds it (L layer blocks, by definition)."""
     K, y_tr, y_va, y_te = plan.n_classes, plan.y["train"], plan.y["val"], plan.y["test"]
     d = reader.width(site)
-    Xs = np.empty((plan.n("train"), L * d), dtype=np.float32)
-    Vs = np.empty((plan.n("val"), L * d), dtype=np.float32)
-    Ts = np.empty((plan.n("test"), L * d), dtype=np.float32)
     all_cols = np.arange(d)
-    for layer in range(L):
-        blk = load_block(reader, plan, row_maps, site, pool, layer, cache)
-        sl = slice(layer * d, (layer + 1) * d)
-        Xs[:, sl] = blk.X_train
-        standardize_columns(blk.V, all_cols, blk.scaler.mean_, blk.scaler.scale_, out=Vs[:, sl])
-        standardize_columns(blk.T, all_cols, blk.scaler.mean_, blk.scaler.scale_, out=Ts[:, sl])
-        del blk
-    coef, icpt = fit_path(solver, Xs, y_tr, K, Cs, None)
-    del Xs
-    coef, icpt = coef[0], icpt[0]
-    n_out = coef.shape[1]
-    dec = Vs @ coef.reshape(len(Cs) * n_out, -1).T + icpt.reshape(-1)
-    del Vs
-    val = (labels_from_decision(dec.reshape(len(y_va), len(Cs), n_out)) == y_va[:, None]).mean(axis=0)
-    nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
-    ci, runner_up, info = choose(list(range(len(Cs))), lambda i: float(val[i]), lambda i: (nnz[i],),
-                                 lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
+    n_rows = sum(plan.n(r) for r in ("train", "val", "test"))
+    parts: tuple[list, list, list] = ([], [], [])
+    with Scratch() as scratch:
+        spill = scratch.spills(L * d * n_rows * np.dtype(reader.layout.dtype).itemsize)
+        for layer in range(L):
+            scaler = load_block(reader, plan, row_maps, site, pool, layer, cache, roles=()).scaler
+            for part, raw, name in zip(parts, read_columns(reader, plan, row_maps, site, pool, layer, all_cols),
+                                       ("train", "val", "test")):
+                part.append((scratch.file(raw, name) if spill else raw, scaler.mean_, scaler.scale_))
+        Xs, Vs, Ts = (StandardizedColumns(p, n_rows=plan.n(r)) for p, r in zip(parts, ("train", "val", "test")))
+        coef, icpt = fit_path(solver, Xs, y_tr, K, Cs, None)
+        coef, icpt = coef[0], icpt[0]
+        n_out = coef.shape[1]
+        dec = decision_rows(Vs, coef.reshape(len(Cs) * n_out, -1), icpt.reshape(-1))
+        val = (labels_from_decision(dec.reshape(len(y_va), len(Cs), n_out)) == y_va[:, None]).mean(axis=0)
+        nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
+        ci, runner_up, info = choose(list(range(len(Cs))), lambda i: float(val[i]), lambda i: (nnz[i],),
+                                     lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
+        dec = decision_rows(Ts, coef[ci], icpt[ci])
     info["runner_up"] = None if runner_up is None else {"C": float(Cs[runner_up]), "val": float(val[runner_up])}
-    dec = Ts @ coef[ci].T + icpt[ci]
     trained = classification_metrics(y_te, dec, K)
     preds["all_layers_concat_no_refit" if refit else "all_layers_concat"] = labels_from_decision(dec)
-    del Ts
     entry = {"site": site, "pool": pool, "layers": {site: list(range(L))}, "C": float(Cs[ci]),
              "n_features": nnz[ci], "val": float(val[ci]), "selection": info, "refit": refit}
     if not refit:

@@ -57,13 +57,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def concat_bytes(n_rows: int, n_train: int, n_cols: int, backend: str) -> int:
-    """Bytes the all-layers-concat baseline holds: float32 rows of every split, plus the solver's copy.
+    """Bytes of memory the all-layers-concat baseline holds.
 
-    scikit-learn (and cuML's conversion) works on a float64 copy of the train rows; the torch
-    solver uses the float32 rows as they are and chunks its own work to the budget.
+    scikit-learn (and cuML's conversion) works on float32 rows of every split plus a float64
+    copy of the train rows; the torch solver reads raw columns, standardised as it goes, which
+    stay in memory up to the probe's in-memory allowance and go to scratch files beyond it.
     """
     rows = n_rows * n_cols * 4
-    return rows + (n_train * n_cols * 8 if backend in ("sklearn", "cuml") else 0)
+    if backend in ("sklearn", "cuml"):
+        return rows + n_train * n_cols * 8
+    from .spill import IN_MEMORY_BYTES
+
+    return min(rows, IN_MEMORY_BYTES)
 
 
 @contextmanager
