@@ -120,3 +120,27 @@ def cli(*args: str):
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
     return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
+def read_store(store, run: str | None = None) -> dict:
+    """Every array of a run read back: activations, token counts, row ids and source columns."""
+    from stcstore.store import open_run
+
+    r = open_run(store, run)
+    out = {}
+    for split in r.splits:
+        for site in r.sites:
+            for pool in r.pools:
+                out[(split, site, pool)] = r.read(split, site, pool)
+        out[(split, "n_tokens")] = r.n_tokens(split)
+        out[(split, "row_id")] = r.row_ids(split)
+        for c in r.columns(split):
+            out[(split, "column", c)] = r.column(split, c)
+    return out
+
+
+def assert_same_arrays(got: dict, want: dict, what: str = "") -> None:
+    """Two read_store results hold the same keys and bitwise equal arrays."""
+    assert got.keys() == want.keys()
+    for key in want:
+        assert np.array_equal(got[key], want[key]), f"{key} differs{what}"

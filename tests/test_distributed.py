@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
@@ -20,6 +19,7 @@ from stcstore.store import open_run
 from stcstore.store.lock import WriterLock
 from stcstore.store.progress import commit_window
 from stcstore.store.writer import RunLayout
+from _stc_helpers import assert_same_arrays, read_store
 
 MINILM_ARGS = ("--model", "minilm", "--data", "rotten_tomatoes", "--limit", "160", "--chunk-rows", "16",
                "--batch-size", "8", "--no-progress")
@@ -38,25 +38,8 @@ def _run_torchrun(nproc: int, *args: str, timeout: float = 600) -> subprocess.Co
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
-def _read_all(store: Path) -> dict:
-    r = open_run(store)
-    out = {}
-    for split in r.splits:
-        for site in r.sites:
-            for pool in r.pools:
-                out[(split, site, pool)] = r.read(split, site, pool)
-        out[(split, "n_tokens")] = r.n_tokens(split)
-        out[(split, "row_id")] = r.row_ids(split)
-        for c in r.columns(split):
-            out[(split, "column", c)] = r.column(split, c)
-    return out
-
-
 def _assert_same_store(got: Path, want: dict) -> None:
-    have = _read_all(got)
-    assert have.keys() == want.keys()
-    for key in want:
-        assert np.array_equal(have[key], want[key]), f"{key} differs"
+    assert_same_arrays(read_store(got), want)
 
 
 def _error_lines(text: str) -> list[str]:
@@ -131,7 +114,7 @@ def reference(tmp_path_factory) -> dict:
     # (measured: fp16 values 1-2 ulp apart), so the reference runs with one thread too
     res = run_cli("extract", *MINILM_ARGS, "--store", str(store), env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
-    return _read_all(store)
+    return read_store(store)
 
 
 @pytest.mark.slow
@@ -279,7 +262,7 @@ def test_device_map_auto_on_cpu_extracts_the_same(tiny_store, tmp_path):
     res = run_cli(*[str(mapped) if a == str(store) else a for a in args], "--device-map", "auto")
     assert res.returncode == 0, res.stderr
     assert open_run(mapped).is_complete()
-    _assert_same_store(mapped, _read_all(store))
+    _assert_same_store(mapped, read_store(store))
 
 
 def test_device_map_value_checked():

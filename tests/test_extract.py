@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import torch
 from conftest import REPO, run_cli
 from stcstore.store import open_run
 from stcstore.store.lock import WriterLock
+from _stc_helpers import assert_same_arrays, read_store
 
 POOLS = ("mean", "max", "first", "last")
 
@@ -52,17 +52,6 @@ def _ref_pooled(model_dir: Path, texts: list[str], max_length: int) -> dict:
                 f = {"mean": lambda a: a.mean(0), "max": lambda a: a.max(0), "first": lambda a: a[0], "last": lambda a: a[-1]}[pool]
                 out.setdefault((site, pool), []).append(np.stack([f(a) for a in acts]))
     return {k: np.stack(v, axis=1) for k, v in out.items()}  # (layers, rows, width)
-
-
-def _read_all(store: Path) -> dict:
-    r = open_run(store)
-    out = {}
-    for split in r.splits:
-        for site in r.sites:
-            for pool in r.pools:
-                out[(split, site, pool)] = r.read(split, site, pool)
-        out[(split, "n_tokens")] = r.n_tokens(split)
-    return out
 
 
 # -- correctness through the CLI on a tiny model ------------------------------------------------
@@ -154,7 +143,7 @@ def medium_model(tmp_path_factory, minilm_dir):
 def test_kill9_at_random_moments_then_resume_is_bitwise_equal(medium_model, review_csv, tmp_path):
     ref_store = tmp_path / "ref.zarr"
     subprocess.run(_extract_cmd(medium_model, review_csv, ref_store), check=True, capture_output=True, cwd=REPO)
-    reference = _read_all(ref_store)
+    reference = read_store(ref_store)
 
     store = tmp_path / "killed.zarr"
     progress = store / "medium-bert0__reviews" / "_progress" / "train"
@@ -181,10 +170,7 @@ def test_kill9_at_random_moments_then_resume_is_bitwise_equal(medium_model, revi
     assert done_before < n_windows
     final = subprocess.run(_extract_cmd(medium_model, review_csv, store), capture_output=True, text=True, cwd=REPO)
     assert final.returncode == 0, final.stderr
-    resumed = _read_all(store)
-    assert resumed.keys() == reference.keys()
-    for key in reference:
-        assert np.array_equal(resumed[key], reference[key]), f"{key} differs after resume"
+    assert_same_arrays(read_store(store), reference, " after resume")
     assert open_run(store).is_complete()
 
 

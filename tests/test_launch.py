@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from _stc_helpers import cli
+from _stc_helpers import cli, assert_same_arrays, read_store
 from conftest import REPO, run_cli
 from stcstore.extract.distributed import assign_windows
 from stcstore.extract.launch import LAUNCH_OPTIONS, LaunchSpec, rank_command, threads_per_rank
@@ -124,18 +123,6 @@ def _clean_env(**extra: str) -> dict:
     return env
 
 
-def _arrays(store) -> dict:
-    r = open_run(store, "R")
-    out = {}
-    for split in r.splits:
-        for site in r.sites:
-            for pool in r.pools:
-                out[(split, site, pool)] = r.read(split, site, pool)
-        out[(split, "n_tokens")] = r.n_tokens(split)
-        out[(split, "row_id")] = r.row_ids(split)
-    return out
-
-
 @pytest.mark.slow
 def test_nproc_per_node_2_equals_single_process_with_run(tiny_model, review_csv, tmp_path):
     """`stcstore extract --nproc-per-node 2 ... --run R`: exit 0, one summary line, the single-process store bit for bit."""
@@ -151,10 +138,7 @@ def test_nproc_per_node_2_equals_single_process_with_run(tiny_model, review_csv,
     assert len(lines) == 1 and lines[0].startswith("run R in ") and "x 2 ranks" in lines[0], res.stderr
     r = open_run(store, "R")
     assert r.is_complete()
-    want, have = _arrays(ref), _arrays(store)
-    assert have.keys() == want.keys()
-    for key in want:
-        assert np.array_equal(have[key], want[key]), f"{key} differs"
+    assert_same_arrays(read_store(store, "R"), read_store(ref, "R"))
     split = r.splits[0]
     records = r.window_records(split)
     todo = [(split, w) for w in sorted(records)]

@@ -17,10 +17,9 @@ import threading
 import time
 import uuid
 
-import numpy as np
 import pytest
 
-from _stc_helpers import cli
+from _stc_helpers import cli, assert_same_arrays, read_store
 from conftest import REPO, run_cli
 from stcstore.errors import StoreLockedError
 from stcstore.store import open_run
@@ -76,33 +75,13 @@ def _tiny_args(tiny_model, review_csv, *more: str) -> list[str]:
     return ["extract", "--model", str(tiny_model("bert")), "--data", str(review_csv), *TINY_ARGS, *more]
 
 
-def _read_all(store) -> dict:
-    r = open_run(store)
-    out = {}
-    for split in r.splits:
-        for site in r.sites:
-            for pool in r.pools:
-                out[(split, site, pool)] = r.read(split, site, pool)
-        out[(split, "n_tokens")] = r.n_tokens(split)
-        out[(split, "row_id")] = r.row_ids(split)
-        for c in r.columns(split):
-            out[(split, "column", c)] = r.column(split, c)
-    return out
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key in want:
-        assert np.array_equal(got[key], want[key]), f"{key} differs"
-
-
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory, tiny_model, review_csv) -> dict:
     """The same extraction into a local folder."""
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
     res = cli(*_tiny_args(tiny_model, review_csv), "--store", str(store))
     assert res.returncode == 0, res.stderr
-    return _read_all(store)
+    return read_store(store)
 
 
 def test_extract_into_s3_equals_a_local_folder(s3, bucket, tiny_model, review_csv, local_reference):
@@ -111,7 +90,7 @@ def test_extract_into_s3_equals_a_local_folder(s3, bucket, tiny_model, review_cs
     res = cli(*_tiny_args(tiny_model, review_csv), "--store", url)
     assert res.returncode == 0, res.stderr
     assert f"in {url}" in " ".join(res.stderr.split())
-    _assert_same(_read_all(url), local_reference)
+    assert_same_arrays(read_store(url), local_reference)
     keys = _keys(client, bucket, "x.zarr/r1/_progress/train/")
     assert keys == [f"x.zarr/r1/_progress/train/w{w:08d}.json" for w in range(5)]  # one object per window
     assert json.loads(client.get_object(Bucket=bucket, Key=keys[0])["Body"].read())["rows"] == 8
@@ -315,7 +294,7 @@ def test_kill9_mid_extract_then_resume_is_bitwise_equal(s3, bucket, tiny_model, 
     assert res.returncode == 0, res.stderr
     err = " ".join(res.stderr.split())
     assert "took over the lock" in err and f"{done} windows resumed" in err
-    _assert_same(_read_all(url), _read_all(ref))
+    assert_same_arrays(read_store(url), read_store(ref))
 
 
 @pytest.mark.slow
@@ -334,7 +313,7 @@ def test_two_ranks_under_torchrun_into_the_bucket(s3, bucket, tiny_model, review
     r = open_run(url)
     assert r.is_complete()
     assert {rec["rank"] for rec in r.window_records("train").values()} == {0, 1}
-    _assert_same(_read_all(url), _read_all(ref))
+    assert_same_arrays(read_store(url), read_store(ref))
 
 
 def test_probe_reads_and_writes_its_experiment_in_the_bucket(s3, bucket, tiny_model, review_csv, tmp_path):
@@ -421,4 +400,4 @@ def test_a_stopped_writer_whose_lock_was_taken_over_commits_nothing_more(s3, buc
     assert "lost the lock" in " ".join(err.split())
     after = {k: client.head_object(Bucket=bucket, Key=k)["ETag"] for k in _keys(client, bucket, records)}
     assert after == done, "the stopped writer committed nothing after it woke"
-    _assert_same(_read_all(url), _read_all(ref))
+    assert_same_arrays(read_store(url), read_store(ref))
