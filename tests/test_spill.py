@@ -72,7 +72,6 @@ def test_probe_spilling_everything_reports_the_same(tmp_path, monkeypatch) -> No
 
     for name, allowance in (("mem", 1 << 40), ("disk", 0)):
         monkeypatch.setattr(spill, "IN_MEMORY_BYTES", allowance)
-        monkeypatch.setattr(Scratch.__init__, "__defaults__", (allowance,))
         monkeypatch.setattr(Scratch, "file", counting)
         res = CliRunner().invoke(app, args + ["--name", name])
         assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)

@@ -111,8 +111,8 @@ class RowFile:
 class Scratch:
     """A private temporary folder for spilled columns; `hold` keeps small matrices in memory."""
 
-    def __init__(self, in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
-        self.in_memory_bytes = int(in_memory_bytes)
+    def __init__(self, in_memory_bytes: Optional[int] = None) -> None:
+        self.in_memory_bytes = int(IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes)
         self._dir: Optional[Path] = None
         self._n = 0
 
