@@ -113,25 +113,21 @@ class Location:
     # -- reading --------------------------------------------------------------------------
     def exists(self) -> bool:
         """True when a file or folder (prefix) is here."""
-        with _errors(self):
-            if self.is_local:
-                return os.path.exists(self.path)
-            self._fresh()
-            return self.fs.exists(self.path)
+        return self._test(os.path.exists, "exists")
 
     def is_file(self) -> bool:
-        with _errors(self):
-            if self.is_local:
-                return os.path.isfile(self.path)
-            self._fresh()
-            return self.fs.isfile(self.path)
+        return self._test(os.path.isfile, "isfile")
 
     def is_dir(self) -> bool:
+        return self._test(os.path.isdir, "isdir")
+
+    def _test(self, local: Any, method: str) -> bool:
+        """One existence test: os.path's locally, the filesystem's (on a fresh listing) elsewhere."""
         with _errors(self):
             if self.is_local:
-                return os.path.isdir(self.path)
+                return local(self.path)
             self._fresh()
-            return self.fs.isdir(self.path)
+            return getattr(self.fs, method)(self.path)
 
     def read_bytes(self) -> bytes:
         with _errors(self):

@@ -37,6 +37,7 @@ class StandardizedColumns:
         self.ndim = 2
         self._mean = np.concatenate([m for _, m, _ in self.parts]) if self.parts else np.zeros(0, np.float32)
         self._inv = np.concatenate([i for _, _, i in self.parts]) if self.parts else np.zeros(0, np.float32)
+        self._plan: Optional[tuple] = None    # (cols object, its column plan)
 
     @property
     def nbytes(self) -> int:
@@ -55,16 +56,28 @@ class StandardizedColumns:
                 np.subtract(raw[start:stop], mean, out=o, dtype=np.float32)
                 o *= inv
             return out
-        cols = np.asarray(cols, dtype=np.int64)
-        part = np.searchsorted(self.offsets, cols, side="right") - 1
+        plan, mean, inv = self._column_plan(cols)
+        for p, sel, local in plan:
+            out[:, sel] = self.parts[p][0][start:stop][:, local]
+        out -= mean
+        out *= inv
+        return out
+
+    def _column_plan(self, cols: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+        """Per block: (block, output positions, block columns) of `cols`, and their mean and 1 / scale.
+
+        Kept for the last `cols` object given: a pass asks for the same columns chunk after chunk.
+        """
+        if self._plan is not None and self._plan[0] is cols:
+            return self._plan[1]
+        c = np.asarray(cols, dtype=np.int64)
+        part = np.searchsorted(self.offsets, c, side="right") - 1
+        plan = []
         for p in np.unique(part):
             sel = np.flatnonzero(part == p)
-            raw = self.parts[p][0]
-            local = cols[sel] - self.offsets[p]
-            out[:, sel] = raw[start:stop][:, local]
-        out -= self._mean[cols]
-        out *= self._inv[cols]
-        return out
+            plan.append((int(p), sel, c[sel] - self.offsets[p]))
+        self._plan = (cols, (plan, self._mean[c], self._inv[c]))
+        return self._plan[1]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.rows(0, self.shape[0])
