@@ -332,3 +332,13 @@ def drop_warnings() -> None:
 
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def prepare(args) -> None:
+    """What every benchmark's main does first: check --device, quiet warnings, apply --threads."""
+    check_device(args.device)
+    drop_warnings()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)

@@ -92,12 +92,7 @@ def main(argv=None) -> int:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="rows of Rotten Tomatoes to extract")
     args = p.parse_args(argv)
-    common.check_device(args.device)
-    common.drop_warnings()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    common.prepare(args)
     rows = args.rows or (128 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
     port = _free_port()

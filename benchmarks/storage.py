@@ -30,12 +30,7 @@ def main(argv=None) -> int:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="rows of Rotten Tomatoes to extract")
     args = p.parse_args(argv)
-    common.check_device(args.device)
-    common.drop_warnings()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    common.prepare(args)
     import numpy as np
 
     from stcstore.config import ExtractConfig
