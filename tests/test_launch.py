@@ -13,6 +13,7 @@ import pytest
 from _stc_helpers import cli, assert_same_arrays, read_store
 from conftest import REPO, run_cli
 from stcstore.extract.distributed import assign_windows
+from stcstore.cli.common import quiet_torch_cpp_logs
 from stcstore.extract.launch import LAUNCH_OPTIONS, LaunchSpec, rank_command, threads_per_rank
 from stcstore.store import open_run
 from stcstore.store.lock import WriterLock
@@ -81,6 +82,42 @@ def test_threads_per_rank_default_is_cores_over_ranks():
     assert threads_per_rank(3, environ={}, cores=16) == 5
     assert threads_per_rank(4, environ={}, cores=2) == 1  # never 0
     assert threads_per_rank(4, environ={"OMP_NUM_THREADS": "7"}, cores=16) is None  # the user's value is kept
+
+
+# a store client whose server goes away mid-wait: what torch's agents and ranks hit when a job ends
+_STORE_GONE = """
+import datetime, sys, threading, time
+from stcstore.cli.common import quiet_torch_cpp_logs
+print(quiet_torch_cpp_logs(), flush=True)
+import torch.distributed as dist
+srv = dist.TCPStore("127.0.0.1", 0, None, True, timeout=datetime.timedelta(seconds=5), wait_for_workers=False)
+client = dist.TCPStore("127.0.0.1", srv.port, None, False, timeout=datetime.timedelta(seconds=5))
+def stop():
+    global srv
+    time.sleep(0.3)
+    del srv
+threading.Thread(target=stop).start()
+try:
+    client.wait(["never"])
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_torch_cpp_warnings_hidden_without_verbose(verbose):
+    """A store that vanished under a waiting client: torch's C++ warning and stack reach stderr
+    only with -v; the Python exception is raised either way."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CPP_LOG_LEVEL"}
+    code = _STORE_GONE if not verbose else "import logging; logging.getLogger('stcstore').setLevel(logging.INFO)\n" + _STORE_GONE
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert res.stdout.split() == [str(not verbose), "DistNetworkError"], res.stdout + res.stderr
+    assert ("recvValueWithTimeout failed" in res.stderr) == verbose, res.stderr
+
+
+def test_quiet_torch_cpp_logs_keeps_a_level_the_user_set():
+    env = {"TORCH_CPP_LOG_LEVEL": "INFO"}
+    assert quiet_torch_cpp_logs(env) is False and env == {"TORCH_CPP_LOG_LEVEL": "INFO"}
 
 
 def test_rank_command_repeats_the_given_options_without_the_launch_ones():

@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, MutableMapping, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,7 +15,7 @@ from rich.text import Text
 from ..errors import StcstoreError, UserError
 
 __all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command",
-           "STORAGE_OPTION_HELP", "store_location"]
+           "STORAGE_OPTION_HELP", "store_location", "quiet_torch_cpp_logs"]
 
 
 def _console(stderr: bool) -> Console:
@@ -139,3 +139,20 @@ def self_command() -> str:
     if script.is_file():
         return shlex.quote(str(script.absolute()))
     return f"{shlex.quote(sys.executable)} -m stcstore"
+
+
+def quiet_torch_cpp_logs(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+    """Without -v, hide torch's C++ warnings in this process and those it starts; True if it set them so.
+
+    When a distributed job ends, torch's agents and ranks leave their TCPStores in no fixed order,
+    and whoever leaves last may print "[W ... TCPStore.cpp] recvValueWithTimeout failed ...
+    Connection reset by peer" with a C++ stack after the summary line of a run that succeeded.
+    C++ errors still show.
+    Does nothing once torch is imported (it reads the level once) or when the user set a level.
+    """
+    env = os.environ if environ is None else environ
+    if ("TORCH_CPP_LOG_LEVEL" in env or "torch" in sys.modules
+            or logging.getLogger("stcstore").isEnabledFor(logging.INFO)):
+        return False
+    env["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+    return True

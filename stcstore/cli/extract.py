@@ -9,7 +9,7 @@ import typer
 
 from ..config import DEFAULT_CODEC, ExtractConfig
 from .app import app
-from .common import STORAGE_OPTION_HELP, err_console, handle_errors, split_csv
+from .common import STORAGE_OPTION_HELP, err_console, handle_errors, quiet_torch_cpp_logs, split_csv
 
 _LAUNCH = "Start the ranks (instead of torchrun)"
 
@@ -60,6 +60,7 @@ def extract_cmd(
         trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map, codec=codec,
         storage_options=parse_storage_options(storage_option), break_lock=break_lock,
     )
+    quiet_torch_cpp_logs()  # before stcstore.extract imports torch, which reads the level once
     from ..extract.launch import LaunchSpec
 
     spec = LaunchSpec(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend, master_addr, master_port)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import logging
 import os
 import signal
 import socket
@@ -63,6 +64,10 @@ DEFAULT_TIMEOUT_S = 2 * 3600
 REPORT_WAIT_S = 60.0
 # how long that one then waits, under torchrun, for the others to have exited first
 REPORTER_LINGER_S = 10.0
+# the store key prefix of the final handshake (DistContext._leave_together)
+_LEFT_KEY = "stcstore/left"
+
+log = logging.getLogger(__name__)
 
 
 class PeerFailedError(StcstoreError):
@@ -233,12 +238,34 @@ class DistContext:
         self.group = dist.group.WORLD
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized() and not self._keep:
+            if exc_type is None:
+                self._leave_together()
             dist.destroy_process_group()
         self.group = None
+
+    def _leave_together(self, limit_s: float = REPORT_WAIT_S) -> None:
+        """Wait, through the store, until every rank is past its last collective, then let go.
+
+        A rank that closes its connections while a peer still reads the last collective's bytes
+        can crash that peer (a gloo error thrown on a background thread aborts the process: a
+        rank "killed by SIGABRT" after a complete run, seen once on a loaded machine with two
+        nodes). The store outlives the ranks (the launcher's agents hold it), so a key per rank
+        there is a handshake with nothing in flight after it. Best effort: a peer already gone
+        only ends the wait.
+        """
+        import torch.distributed as dist
+
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"{_LEFT_KEY}/{self.env.rank}", "1")
+            store.wait([f"{_LEFT_KEY}/{r}" for r in range(self.env.world_size)],
+                       datetime.timedelta(seconds=limit_s))
+        except Exception as exc:  # noqa: BLE001 - leaving anyway is all that is left to do
+            log.debug("rank %d left without the others: %s", self.env.rank, exc)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's object, in rank order (a collective: every rank must call it)."""
