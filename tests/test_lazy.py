@@ -53,6 +53,10 @@ def test_torch_streams_a_built_design_to_the_same_solution(monkeypatch) -> None:
     masks = np.ones((2, X.shape[1]), bool)
     masks[1, 10:] = False
     whole = TorchSolver(tol=1e-6).fit_path(dense, y, 2, Cs, masks=masks)
+    built = TorchSolver(tol=1e-6, resident_design_bytes=X.nbytes)
+    once = built.fit_path(X, y, 2, Cs, masks=masks)   # within the allowance: built once, held for the fit
+    assert built.last_layout["resident"] and built.last_layout["n_chunks"] == 1
+    np.testing.assert_allclose(once.objective, whole.objective, rtol=1e-6)
     monkeypatch.setattr(torch_data, "STREAM_CHUNK_BYTES", 32 * X.shape[1] * 4)
     solver = TorchSolver(tol=1e-6)
     streamed = solver.fit_path(X, y, 2, Cs, masks=masks)

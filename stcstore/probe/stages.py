@@ -4,8 +4,9 @@ resuming from checkpoints. The search runs them once (and once per fold with --c
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -79,7 +80,9 @@ def run_stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: 
                 with timer("load"):
                     for p in pool_probes:
                         read_kept_columns(p, reader, plan, row_maps, spill)
-            with timer("aggregate"):
+            # one in-memory allowance for the kept columns and the designs built from them
+            held = 0 if not pending or spill is not None else kept_bytes(pool_probes, plan, reader.layout.dtype)
+            with timer("aggregate"), _design_allowance(solver, scratch.in_memory_bytes - held):
                 for ci, choice in enumerate(choices):
                     if done[choice] is None:
                         bar.set_description(f"{tag}aggregate {choice}/{pool}")
@@ -96,3 +99,17 @@ def run_stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: 
                 p.release_fit_columns()
                 p.release_test_columns()
     return Stages(probes, search, front, resumed, fits, cache, row_maps)
+
+
+@contextmanager
+def _design_allowance(solver: Any, n_bytes: int) -> Iterator[None]:
+    """Let a solver that streams designs hold a built one of up to n_bytes whole inside the block."""
+    if not hasattr(solver, "resident_design_bytes"):
+        yield
+        return
+    before = solver.resident_design_bytes
+    solver.resident_design_bytes = max(0, int(n_bytes))
+    try:
+        yield
+    finally:
+        solver.resident_design_bytes = before

@@ -66,7 +66,7 @@ class TorchSolver(Solver):
     def __init__(self, device: str = "cpu", tol: float = 1e-4, method: str = "auto", path: str = "warm",
                  max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 3072,
                  ws_growth: float = 1.25, inner_max_iter: int = 100, inner_rtol: float = 0.1,
-                 memory_budget: Optional[int] = None) -> None:
+                 memory_budget: Optional[int] = None, resident_design_bytes: Optional[int] = None) -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown torch solver method {method!r}: choose from {','.join(METHODS)}")
         if path not in PATHS:
@@ -93,6 +93,9 @@ class TorchSolver(Solver):
             raise ConfigError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         # bytes a fit may allocate on its device; None: a share of what is free when it starts
         self.memory_budget = memory_budget
+        # bytes of a built design (StandardizedColumns) held whole on the CPU (None: STREAM_CHUNK_BYTES);
+        # the search raises it to what its in-memory allowance leaves during aggregation
+        self.resident_design_bytes = resident_design_bytes
         # how the last fit laid out its design: rows per chunk, chunk count, resident or streamed
         self.last_layout: dict[str, Any] = {}
 
@@ -126,7 +129,8 @@ class TorchSolver(Solver):
         kw = min(d, n, self.max_working_set) + 1
         extra = 24 * (K * kw) ** 2 if method == "newton" else 0
         budget = resolve_budget(str(self._device), self.memory_budget)
-        data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra)
+        data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra,
+                        resident_bytes=self.resident_design_bytes)
         self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
                             "resident": data._stager is None and data.source is None}
         engine = _solve_newton if method == "newton" else _solve_fista
