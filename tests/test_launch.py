@@ -13,7 +13,6 @@ import pytest
 from _stc_helpers import cli, assert_same_arrays, read_store
 from conftest import REPO, run_cli
 from stcstore.extract.distributed import assign_windows
-from stcstore.cli.common import quiet_torch_cpp_logs
 from stcstore.extract.launch import LAUNCH_OPTIONS, LaunchSpec, rank_command, threads_per_rank
 from stcstore.store import open_run
 from stcstore.store.lock import WriterLock
@@ -104,20 +103,19 @@ except Exception as exc:
 """
 
 
-@pytest.mark.parametrize("verbose", [False, True])
-def test_torch_cpp_warnings_hidden_without_verbose(verbose):
+@pytest.mark.parametrize("case", ["quiet", "verbose", "user_level"])
+def test_torch_cpp_warnings_hidden_without_verbose(case):
     """A store that vanished under a waiting client: torch's C++ warning and stack reach stderr
-    only with -v; the Python exception is raised either way."""
+    only with -v or a level the user set; the Python exception is raised either way."""
     env = {k: v for k, v in os.environ.items() if k != "TORCH_CPP_LOG_LEVEL"}
-    code = _STORE_GONE if not verbose else "import logging; logging.getLogger('stcstore').setLevel(logging.INFO)\n" + _STORE_GONE
+    code = _STORE_GONE
+    if case == "verbose":
+        code = "import logging; logging.getLogger('stcstore').setLevel(logging.INFO)\n" + code
+    if case == "user_level":
+        env["TORCH_CPP_LOG_LEVEL"] = "WARNING"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
-    assert res.stdout.split() == [str(not verbose), "DistNetworkError"], res.stdout + res.stderr
-    assert ("recvValueWithTimeout failed" in res.stderr) == verbose, res.stderr
-
-
-def test_quiet_torch_cpp_logs_keeps_a_level_the_user_set():
-    env = {"TORCH_CPP_LOG_LEVEL": "INFO"}
-    assert quiet_torch_cpp_logs(env) is False and env == {"TORCH_CPP_LOG_LEVEL": "INFO"}
+    assert res.stdout.split() == [str(case == "quiet"), "DistNetworkError"], res.stdout + res.stderr
+    assert ("recvValueWithTimeout failed" in res.stderr) == (case != "quiet"), res.stderr
 
 
 def test_rank_command_repeats_the_given_options_without_the_launch_ones():

@@ -250,12 +250,9 @@ class DistContext:
     def _leave_together(self, limit_s: float = REPORT_WAIT_S) -> None:
         """Wait, through the store, until every rank is past its last collective, then let go.
 
-        A rank that closes its connections while a peer still reads the last collective's bytes
-        can crash that peer (a gloo error thrown on a background thread aborts the process: a
-        rank "killed by SIGABRT" after a complete run, seen once on a loaded machine with two
-        nodes). The store outlives the ranks (the launcher's agents hold it), so a key per rank
-        there is a handshake with nothing in flight after it. Best effort: a peer already gone
-        only ends the wait.
+        A rank closing its connections while a peer still reads the last collective is the likely
+        cause of a rank "killed by SIGABRT" after a complete two-node run in CI. The launcher's
+        agents hold the store, so a key per rank there leaves nothing in flight. Best effort.
         """
         import torch.distributed as dist
 
