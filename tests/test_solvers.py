@@ -354,3 +354,43 @@ def test_fit_path_pins_float32_matmul_precision() -> None:
 def test_memory_budget_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="memory_budget"):
         TorchSolver(memory_budget=0)
+
+
+def test_settled_needs_a_clean_full_step_and_a_small_change() -> None:
+    """Newton stops on a settled objective only after a clean full step that moved it by <= settle_tol."""
+    from stcstore.probe.solvers.torch_newton import _settled
+
+    before = torch.tensor([10.0, 10.0, 10.0, 10.0], dtype=torch.float64)
+    now = torch.tensor([10.0 - 5e-6, 10.0 - 5e-6, 9.0, 10.0 - 2e-5], dtype=torch.float64)
+    clean = torch.tensor([True, False, True, True])
+    assert _settled(clean, before, now, 1e-6).tolist() == [True, False, False, False]
+    # before the first step every problem has an infinite "before": never settled
+    assert not bool(_settled(clean, torch.full((4,), float("inf"), dtype=torch.float64), now, 1e-6).any())
+
+
+def test_settled_stop_keeps_the_objective_of_a_gap_only_fit() -> None:
+    """On near-duplicate columns the gap lags the objective: stopping on a settled objective
+    saves Newton steps and lands within settle_tol of the gap-only fit and of sklearn."""
+    rng = np.random.default_rng(3)
+    X, y = make_data(600, 150, 2, seed=2)
+    X = np.concatenate([X, X + 0.05 * rng.normal(size=X.shape).astype(np.float32)], axis=1)
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    Cs = [0.1, 1.0, 10.0]
+    gap_only = TorchSolver(settle_tol=0).fit_path(X, y, 2, Cs)
+    fit = TorchSolver().fit_path(X, y, 2, Cs)
+    assert fit.n_iter.sum() < gap_only.n_iter.sum()
+    rel = np.abs(fit.objective - gap_only.objective) / gap_only.objective
+    assert rel.max() <= 1e-5, rel
+    sk = SklearnSolver(tol=1e-8).fit_path(X, y, 2, Cs)
+    for ci, C in enumerate(Cs):
+        f = l1_logistic_objective(X, y, 2, fit.coef[0, ci], fit.intercept[0, ci], C)
+        f_sk = l1_logistic_objective(X, y, 2, sk.coef[0, ci], sk.intercept[0, ci], C)
+        assert f <= f_sk * (1 + 1e-4), (C, f, f_sk)
+
+
+def test_settle_tol_is_checked_and_named_in_the_cache_key() -> None:
+    """A negative settle_tol is refused; the repr (the layer-fit cache key) names it."""
+    with pytest.raises(ConfigError, match="settle_tol"):
+        TorchSolver(settle_tol=-1)
+    assert "settle_tol=1e-06" in repr(TorchSolver())
+    assert repr(TorchSolver(settle_tol=0)) != repr(TorchSolver())

@@ -106,15 +106,21 @@ class _Tracker:
         self.gap = np.full(P, np.nan)
         self.n_iter = np.zeros(P, dtype=np.int64)
         self.active = torch.arange(P, device=W.device)
+        # stopped on a settled objective rather than on the gap (Newton's _settled)
+        self.settled = np.zeros(P, dtype=bool)
 
     def record(self, idx: torch.Tensor, ev: _Eval) -> None:
         i = _np(idx)
         self.obj[i] = _np(ev.primal)
         self.gap[i] = _np(ev.rel_gap)
 
+    def settle(self, idx: torch.Tensor, settled: torch.Tensor) -> None:
+        """Mark which of the problems idx stopped (or, if False, no longer stop) on a settled objective."""
+        self.settled[_np(idx)] = _np(settled)
+
     def result(self, tol: float, method: str) -> _Result:
         # a gap between tol and 10 tol is the float32 floor (see _StopRule): fine, but say so
-        bad = np.flatnonzero(~(self.gap <= 10 * tol))
+        bad = np.flatnonzero(~(self.gap <= 10 * tol) & ~self.settled)
         if len(bad):
             log.warning("torch %s: %d of %d problems stopped at relative duality gap %.1e > %.0e",
                         method, len(bad), len(self.gap), float(np.nanmax(self.gap[bad])), 10 * tol)

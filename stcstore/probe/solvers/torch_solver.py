@@ -66,7 +66,8 @@ class TorchSolver(Solver):
     def __init__(self, device: str = "cpu", tol: float = 1e-4, method: str = "auto", path: str = "warm",
                  max_iter: Optional[int] = None, min_working_set: int = 128, max_working_set: int = 3072,
                  ws_growth: float = 1.25, inner_max_iter: int = 100, inner_rtol: float = 0.1,
-                 memory_budget: Optional[int] = None, resident_design_bytes: Optional[int] = None) -> None:
+                 memory_budget: Optional[int] = None, resident_design_bytes: Optional[int] = None,
+                 settle_tol: Optional[float] = None) -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown torch solver method {method!r}: choose from {','.join(METHODS)}")
         if path not in PATHS:
@@ -89,6 +90,11 @@ class TorchSolver(Solver):
         self.ws_growth = float(ws_growth)
         self.inner_max_iter = int(inner_max_iter)
         self.inner_rtol = float(inner_rtol)
+        # Newton also stops a problem whose objective moved by under this (relative) in a clean
+        # full step (torch_newton._settled); None: tol / 100, 0: only the gap test
+        if settle_tol is not None and settle_tol < 0:
+            raise ConfigError(f"settle_tol must be >= 0, got {settle_tol}")
+        self.settle_tol = self.tol / 100 if settle_tol is None else float(settle_tol)
         if memory_budget is not None and memory_budget <= 0:
             raise ConfigError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         # bytes a fit may allocate on its device; None: a share of what is free when it starts
@@ -100,7 +106,7 @@ class TorchSolver(Solver):
         self.last_layout: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"TorchSolver(device={self.device!r}, method={self.method!r}, tol={self.tol})"
+        return f"TorchSolver(device={self.device!r}, method={self.method!r}, tol={self.tol}, settle_tol={self.settle_tol})"
 
     def _method_for(self, K: int, n: int, d: int) -> str:
         if self.method != "auto":
@@ -146,7 +152,8 @@ class TorchSolver(Solver):
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
             init_b = torch.as_tensor(init[1], device=self._device)
         opts = dict(tol=self.tol, max_iter=max_iter, min_ws=self.min_working_set, max_ws=self.max_working_set,
-                    ws_growth=self.ws_growth, inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol)
+                    ws_growth=self.ws_growth, inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol,
+                    settle_tol=self.settle_tol)
         if self.path == "warm":
             # smallest C first: its solution is sparse and cheap, and starts the next C close by
             W = torch.zeros((M, K, d), device=self._device)
