@@ -167,6 +167,22 @@ def result_path(benchmark: str, device: str, quick: bool, out: Optional[Path] = 
     return (QUICK_DIR if quick else RESULTS_DIR) / f"{benchmark}-{device}.json"
 
 
+def merge_earlier(benchmark: str, device: str, quick: bool, out: Optional[Path], config: dict, figures: dict,
+                  details: dict) -> None:
+    """Keep, in place, what an earlier result file holds for the parts not run now (figures, details, config)."""
+    old_path = result_path(benchmark, device, quick, out)
+    if not old_path.is_file():
+        return
+    old = json.loads(old_path.read_text())
+    for k, v in old.get("figures", {}).items():
+        figures.setdefault(k, v)
+    for k, v in (old.get("details") or {}).items():
+        details.setdefault(k, v)
+    for k, v in old.get("config", {}).items():
+        if k not in ("quick", "seconds"):
+            config.setdefault(k, v)
+
+
 def write_result(benchmark: str, device: str, config: dict, figures: dict, *, quick: bool,
                  out: Optional[Path] = None, details: Optional[dict] = None) -> Path:
     """Write the result JSON; figures must be plain numbers (None/NaN are dropped, never faked)."""

@@ -158,18 +158,7 @@ def main(argv=None) -> int:
                                  "seconds": round(sum(r["seconds"] for r in peaks.values()), 1)}
     if not args.no_merge:
         # keep what an earlier run measured for the parts not run now (e.g. --parts probe)
-        old_path = common.result_path(BENCHMARK, args.device, args.quick, args.out)
-        if old_path.is_file():
-            import json
-
-            old = json.loads(old_path.read_text())
-            for k, v in old.get("figures", {}).items():
-                figures.setdefault(k, v)
-            for k, v in (old.get("details") or {}).items():
-                details.setdefault(k, v)
-            for k, v in old.get("config", {}).items():
-                if k not in ("quick", "seconds"):
-                    config.setdefault(k, v)
+        common.merge_earlier(BENCHMARK, args.device, args.quick, args.out, config, figures, details)
     common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
     return 0
 

@@ -17,6 +17,16 @@ tiny synthetic store (benchmarks/synthetic.py) and a small grid, a smoke test of
   probe_{val,test}_acc_{sklearn,<backend>}   accuracy of the STC winner of each backend
   probe_{val,test}_gap_pt           |<backend> - sklearn| in accuracy points     goal <= 0.5
   probe_seconds_{sklearn,<backend>}, probe_phase_s_<phase>_<backend>, peak_rss_mb_probe_<backend>
+  probe_max_rel_gap_<backend>       largest relative duality gap at exit over every problem fitted
+  probe_max_rel_gap_not_settled_<backend>, probe_settled_share_<backend>   the same over the problems
+                                    that stopped on the gap test, and the share that stopped on a
+                                    settled objective instead (torch Newton)
+  --whole: whole_search_seconds_<backend>   the default backend over every stored pooling (the whole
+                                    default search, torch's default threads unless --threads)  goal <= 300
+  --three-class: the same comparison on a 3-class label (the 2016 debates' speaker party, packaged
+                                    with scattertext: Republican / Democratic / Moderator), on the
+                                    --pools given and THREE_CLASS_GRID (sklearn's saga would take
+                                    hours on the default grid), figures suffixed _3class
 """
 
 from __future__ import annotations
@@ -25,17 +35,21 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import Timer, log, median, run_worker  # noqa: E402
 
 BENCHMARK = "probe_speed"
+# the 3-class comparison's grid (see --three-class)
+THREE_CLASS_GRID = {"c_grid": (0.1, 1.0), "eta_grid": (0.5, 1.0)}
 
 
 def worker_probe(spec: dict) -> dict:
     from stcstore.config import ProbeConfig
     from stcstore.probe import run_probe
+    from stcstore.probe.solvers import get_solver
 
     common.drop_warnings()
     grid = {k: tuple(spec[k]) for k in ("c_grid", "eta_grid") if spec.get(k)}
@@ -43,10 +57,13 @@ def worker_probe(spec: dict) -> dict:
     cfg = ProbeConfig(store=spec["store"], label="label", backend=spec["backend"], device=spec["device"],
                       name=spec["name"], progress=False, plots=False, **grid, **pools)
     with Timer(spec["device"]) as t:
-        res = run_probe(cfg)
+        # the solver run_probe would pick, made here so that how its problems stopped can be read after
+        solver = get_solver(backend=cfg.backend, device=cfg.device, memory_budget=cfg.memory_budget)
+        res = run_probe(cfg, solver=solver, concat_baseline=spec.get("concat_baseline"))
     rep = res.report
     stc = rep["stc"]
     return {"seconds": t.s, "cpu_s": t.cpu, "val": stc["val"], "test": stc["test"], "backend": rep.get("backend"),
+            "exit": getattr(solver, "exit_summary", None),
             "device": rep.get("device"), "timing_s": rep.get("timing_s"), "n": rep["n"], "n_configs": rep.get("n_configs"),
             "stc": {k: stc.get(k) for k in ("site", "pool", "eta", "k", "C", "n_features", "val", "test")},
             "baselines": {b: {k: (v or {}).get(k) for k in ("site", "pool", "layer", "C", "n_features", "val", "test")}
@@ -84,6 +101,12 @@ def main(argv=None) -> int:
     p.add_argument("--model-dir", type=Path, default=None,
                    help="a model folder in place of the bundled MiniLM (scripts/gpu_assets.py model: MiniLM-shaped, random weights)")
     p.add_argument("--data", default=None, help="data spec in place of the bundled rotten_tomatoes (a csv with text,label)")
+    p.add_argument("--parts", default="compare",
+                   help="comma list of compare (both backends on --store/--pools), whole (the default backend "
+                        "over every stored pooling), three-class (both backends on the debates' speaker party); "
+                        "--quick runs all three")
+    p.add_argument("--no-merge", action="store_true",
+                   help="do not keep the figures of parts not run from an existing result file")
     args = p.parse_args(argv)
     if common.worker_dispatch(args, WORKERS):
         return 0
@@ -94,6 +117,12 @@ def main(argv=None) -> int:
         sys.exit(f"stcstore.probe.run_probe is not available yet ({exc!r}): nothing measured")
     script = Path(__file__).resolve()
     repeats = args.repeats or 1
+    # CI's smoke run takes every path: each part is seconds at quick sizes
+    parts = ["compare", "whole", "three-class"] if args.quick else args.parts.split(",")
+    unknown = sorted(set(parts) - {"compare", "whole", "three-class"})
+    if unknown:
+        sys.exit(f"--parts {','.join(unknown)}: choose from compare, whole, three-class")
+    today = time.strftime("%Y-%m-%d")
     t0 = time.perf_counter()
     from stcstore.probe.solvers import get_solver
 
@@ -135,33 +164,104 @@ def main(argv=None) -> int:
         for key, value in (("c_grid", args.c_grid), ("eta_grid", args.eta_grid)):
             if value:
                 grid[key] = [float(v) for v in value.split(",")]
-        runs: dict[str, list] = {b: [] for b in backends}
-        for rep in range(repeats):
-            order = list(backends) if rep % 2 == 0 else list(reversed(backends))
-            for b in order:
-                _clear_cache(Path(store))
-                # sklearn is the CPU reference whatever --device says; the default backend runs on --device
-                dev = "cpu" if b == "sklearn" else args.device
-                name = f"bench-{b}-{rep}"
-                spec = {"store": str(store), "backend": backends[b], "device": dev, "name": name,
-                        "pools": args.pools.split(",") if args.pools else None, **grid}
-                r = run_worker(script, "probe", spec, threads=args.threads, timeout=4 * 3600)
-                log(f"{b:>8} ({r['backend']} on {r['device']}): {r['seconds']:.1f} s, val {r['val']:.4f} "
-                    f"test {r['test']:.4f}, STC {r['stc']}")
-                runs[b].append(r)
-                # only this benchmark's experiment: a reused store keeps its users' experiments
-                for d in Path(store).glob(f"*/probes/{name}"):
-                    shutil.rmtree(d, ignore_errors=True)
-    sec = {b: median(r["seconds"] for r in runs[b]) for b in backends}
-    first = {b: runs[b][0] for b in backends}
-    f = fast_name
+        pools = args.pools.split(",") if args.pools else None
+        figures: dict = {}
+        details: dict = {}
+        config: dict = {}
+        threads = args.threads or "torch default"
+        if "compare" in parts:
+            runs = _compare(script, store, backends, pools, grid, args, repeats)
+            fig, n_info = _figures(runs, fast_name, "")
+            figures.update(fig)
+            details["runs"] = runs
+            config.update({"store": data, "rows": rows, "grid": grid or "default C and eta grids (stcstore.config)",
+                           "pools": args.pools or "every stored pool",
+                           "compared_backend": f"{runs[fast_name][0]['backend']} (--backend {fast})",
+                           "auto_resolves_to": auto_is, "device": runs[fast_name][0]["device"], **n_info,
+                           "repeats": repeats, "threads": threads, "measured": today})
+        if "whole" in parts:
+            log(f"the whole default search (every stored pooling) with {fast_name}")
+            whole = _run(script, store, fast, args.device, None, grid, args, "bench-whole")
+            details["whole"] = whole
+            config["whole"] = {"store": data, "backend": f"{whole['backend']} (--backend {fast})",
+                               "grid": grid or "default C and eta grids", "pools": "every stored pool",
+                               "threads": threads, "measured": today}
+            figures[f"whole_search_seconds_{fast_name}"] = whole["seconds"]
+            figures[f"whole_search_val_acc_{fast_name}"] = whole["val"]
+            figures[f"whole_search_test_acc_{fast_name}"] = whole["test"]
+            for phase, sec_ in (whole.get("timing_s") or {}).items():
+                figures[f"whole_search_phase_s_{phase}_{fast_name}"] = sec_
+        if "three-class" in parts:
+            from accuracy import debates_csv
+
+            tc_store = scratch / "debates.zarr"
+            csv_path = debates_csv(scratch, 150 if args.quick else None)
+            # sklearn's multinomial backend (saga) took over 17 minutes on 2 C x 2 eta of the mean
+            # pooling alone: the default grid would take hours, so this part has its own small grid
+            tc_grid = {"c_grid": [0.1] if args.quick else list(THREE_CLASS_GRID["c_grid"]),
+                       "eta_grid": [1.0] if args.quick else list(THREE_CLASS_GRID["eta_grid"])}
+            tc_pools = ["mean"] if args.quick else pools
+            log("extracting the debates (3 classes: speaker party) with minilm")
+            run_worker(script, "extract", {"store": str(tc_store), "rows": None, "device": args.device,
+                                           "model_dir": str(args.model_dir) if args.model_dir else None,
+                                           "data": str(csv_path)}, threads=args.threads)
+            # quick: saga's concat baseline (every ffn layer at once) was most of a minute
+            tc_runs = _compare(script, tc_store, backends, tc_pools, tc_grid, args, repeats,
+                               False if args.quick else None)
+            tc_fig, tc_n = _figures(tc_runs, fast_name, "_3class")
+            figures.update(tc_fig)
+            details["runs_3class"] = tc_runs
+            config["three_class"] = {"data": "2016 presidential debates (scattertext), label party: 3 classes",
+                                     **tc_n, "grid": tc_grid, "pools": tc_pools or "every stored pool",
+                                     "threads": threads, "measured": today}
+    config["seconds"] = round(time.perf_counter() - t0, 1)
+    if not args.no_merge:
+        # keep what an earlier run measured for the parts not run now (e.g. --parts whole)
+        common.merge_earlier(BENCHMARK, args.device, args.quick, args.out, config, figures, details)
+    common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
+    return 0
+
+
+def _run(script: Path, store: Path, backend: str, device: str, pools, grid: dict, args, name: str,
+         concat_baseline: Optional[bool] = None) -> dict:
+    """One search in a fresh process on a cold statistics cache; its experiment is removed after."""
+    _clear_cache(Path(store))
+    spec = {"store": str(store), "backend": backend, "device": device, "name": name, "pools": pools,
+            "concat_baseline": concat_baseline, **grid}
+    r = run_worker(script, "probe", spec, threads=args.threads, timeout=4 * 3600)
+    log(f"{name:>16} ({r['backend']} on {r['device']}): {r['seconds']:.1f} s, val {r['val']:.4f} "
+        f"test {r['test']:.4f}, STC {r['stc']}, exit {r.get('exit')}")
+    # only this benchmark's experiment: a reused store keeps its users' experiments
+    for d in Path(store).glob(f"*/probes/{name}"):
+        shutil.rmtree(d, ignore_errors=True)
+    return r
+
+
+def _compare(script: Path, store: Path, backends: dict, pools, grid: dict, args, repeats: int,
+             concat_baseline: Optional[bool] = None) -> dict[str, list]:
+    """Every backend on the same store, pools and grid, `repeats` times in alternating order."""
+    runs: dict[str, list] = {b: [] for b in backends}
+    for rep in range(repeats):
+        order = list(backends) if rep % 2 == 0 else list(reversed(backends))
+        for b in order:
+            # sklearn is the CPU reference whatever --device says; the default backend runs on --device
+            dev = "cpu" if b == "sklearn" else args.device
+            runs[b].append(_run(script, store, backends[b], dev, pools, grid, args, f"bench-{b}-{rep}",
+                                concat_baseline))
+    return runs
+
+
+def _figures(runs: dict[str, list], f: str, suffix: str) -> tuple[dict, dict]:
+    """The comparison's figures (names end in `suffix`) and the split sizes and config count."""
+    sec = {b: median(r["seconds"] for r in runs[b]) for b in runs}
+    first = {b: runs[b][0] for b in runs}
     figures = {
         "probe_speedup_vs_sklearn": sec["sklearn"] / sec[f],
         "probe_speedup_vs_sklearn_cpu_time": median(r["cpu_s"] for r in runs["sklearn"]) / median(r["cpu_s"] for r in runs[f]),
         "probe_seconds_sklearn": sec["sklearn"],
         f"probe_seconds_{f}": sec[f],
     }
-    for b in backends:
+    for b in runs:
         figures[f"probe_val_acc_{b}"] = first[b]["val"]
         figures[f"probe_test_acc_{b}"] = first[b]["test"]
         figures[f"peak_rss_mb_probe_{b}"] = median(r["peak_rss_mb"] for r in runs[b])
@@ -170,17 +270,14 @@ def main(argv=None) -> int:
                 figures[f"baseline_test_acc_{base}_{b}"] = v["test"]
         for phase, s in (first[b].get("timing_s") or {}).items():
             figures[f"probe_phase_s_{phase}_{b}"] = s
+        ex = first[b].get("exit")
+        if ex and ex.get("problems"):
+            figures[f"probe_max_rel_gap_{b}"] = ex["max_rel_gap"]
+            figures[f"probe_max_rel_gap_not_settled_{b}"] = ex["max_rel_gap_not_settled"]
+            figures[f"probe_settled_share_{b}"] = ex["settled"] / ex["problems"]
     figures["probe_val_gap_pt"] = 100 * abs(first[f]["val"] - first["sklearn"]["val"])
     figures["probe_test_gap_pt"] = 100 * abs(first[f]["test"] - first["sklearn"]["test"])
-    config = {"store": data, "rows": rows, "grid": grid or "default C and eta grids (stcstore.config)",
-              "pools": args.pools or "every stored pool",
-              "compared_backend": f"{first[f]['backend']} (--backend {fast})", "auto_resolves_to": auto_is,
-              "device": first[f]["device"],
-              "n": first[f]["n"], "n_configs": first[f]["n_configs"], "repeats": repeats,
-              "threads": args.threads or "torch default", "seconds": round(time.perf_counter() - t0, 1)}
-    common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out,
-                        details={"runs": runs})
-    return 0
+    return {k + suffix: v for k, v in figures.items()}, {"n": first[f]["n"], "n_configs": first[f]["n_configs"]}
 
 
 if __name__ == "__main__":

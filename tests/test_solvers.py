@@ -292,11 +292,12 @@ def test_tiny_memory_budget_chunks_rows_with_the_same_solution() -> None:
     """A budget far below the design forces many row chunks: same coefficients, sklearn's objective."""
     X, y = make_data(300, 60, 2, seed=0)
     Cs = [0.01, 0.1, 1.0]
-    # a tight tol, so both fits sit at the optimum rather than wherever the gap test stopped them
-    whole = TorchSolver(tol=1e-7)
+    # a tight tol and no settled-objective stop, so both fits sit at the optimum (the float32
+    # floor) rather than wherever a stopping test caught them
+    whole = TorchSolver(tol=1e-7, settle_tol=0)
     ref = whole.fit_path(X, y, 2, Cs)
     assert whole.last_layout["n_chunks"] == 1
-    tiny = TorchSolver(tol=1e-7, memory_budget=60_000)     # the design alone is 72,000 bytes
+    tiny = TorchSolver(tol=1e-7, settle_tol=0, memory_budget=60_000)     # the design alone is 72,000 bytes
     fit = tiny.fit_path(X, y, 2, Cs)
     assert tiny.last_layout["n_chunks"] >= 5 and tiny.last_layout["rows"] < 300
     np.testing.assert_allclose(fit.coef, ref.coef, atol=1e-6)

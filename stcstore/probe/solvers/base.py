@@ -42,6 +42,8 @@ class PathFit:
     Cs: tuple[float, ...]
     # relative duality gap (primal - dual) / primal where the backend certifies it, else NaN
     rel_gap: Optional[np.ndarray] = field(default=None)
+    # True where a problem stopped on a settled objective rather than on the gap (torch Newton)
+    settled: Optional[np.ndarray] = field(default=None)
 
 
 class Solver(ABC):

@@ -20,6 +20,7 @@ class _Result:
     objective: np.ndarray   # (P,) float64
     gap: np.ndarray         # (P,) float64, relative
     n_iter: np.ndarray      # (P,) int
+    settled: np.ndarray     # (P,) bool: stopped on a settled objective (Newton), not on the gap
 
 
 
@@ -126,7 +127,8 @@ class _Tracker:
                         method, len(bad), len(self.gap), float(np.nanmax(self.gap[bad])), 10 * tol)
         elif np.any(self.gap > tol):
             log.debug("torch %s: gaps %s stopped at the float32 floor", method, self.gap[self.gap > tol].tolist())
-        return _Result(W=self.W, b=self.b, objective=self.obj, gap=self.gap, n_iter=self.n_iter)
+        return _Result(W=self.W, b=self.b, objective=self.obj, gap=self.gap, n_iter=self.n_iter,
+                       settled=self.settled.copy())
 
 
 class _StopRule:

@@ -104,6 +104,9 @@ class TorchSolver(Solver):
         self.resident_design_bytes = resident_design_bytes
         # how the last fit laid out its design: rows per chunk, chunk count, resident or streamed
         self.last_layout: dict[str, Any] = {}
+        # how every problem fitted since this solver was made stopped (what benchmarks report)
+        self.exit_summary: dict[str, Any] = {"problems": 0, "settled": 0, "max_rel_gap": 0.0,
+                                             "max_rel_gap_not_settled": 0.0}
 
     def __repr__(self) -> str:
         return f"TorchSolver(device={self.device!r}, method={self.method!r}, tol={self.tol}, settle_tol={self.settle_tol})"
@@ -147,6 +150,7 @@ class TorchSolver(Solver):
         obj = np.zeros((M, nC))
         gap = np.zeros((M, nC))
         n_iter = np.zeros((M, nC), dtype=np.int64)
+        settled = np.zeros((M, nC), dtype=bool)
         b_prior = _prior_intercept(data)
         if init is not None:
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
@@ -165,7 +169,7 @@ class TorchSolver(Solver):
                 res = engine(data, C, masks_t, W, b, **opts)
                 W, b = res.W, res.b
                 coef[:, ci], icpt[:, ci] = _np(res.W), _np(res.b)
-                obj[:, ci], gap[:, ci], n_iter[:, ci] = res.objective, res.gap, res.n_iter
+                obj[:, ci], gap[:, ci], n_iter[:, ci], settled[:, ci] = res.objective, res.gap, res.n_iter, res.settled
         else:
             P = M * nC
             C = torch.tensor([Cs_t[ci] for _ in range(M) for ci in range(nC)], dtype=torch.float64,
@@ -180,10 +184,20 @@ class TorchSolver(Solver):
             icpt[:] = _np(res.b).reshape(M, nC, K)
             obj[:], gap[:], n_iter[:] = (res.objective.reshape(M, nC), res.gap.reshape(M, nC),
                                          res.n_iter.reshape(M, nC))
+            settled[:] = res.settled.reshape(M, nC)
         if K > 1:
             # the softmax is invariant to a common shift of the intercepts: report them centred
             icpt -= icpt.mean(axis=-1, keepdims=True)
         log.debug("torch %s path: %d masks x %d C on %s in %.2fs, iterations %s, max rel gap %.1e",
                   method, M, nC, self.device, time.perf_counter() - t0, n_iter.tolist(), float(np.max(gap)))
-        return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t, rel_gap=gap)
+        self._note_exit(gap, settled)
+        return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t, rel_gap=gap,
+                       settled=settled)
+
+    def _note_exit(self, gap: np.ndarray, settled: np.ndarray) -> None:
+        s = self.exit_summary
+        s["problems"] += int(gap.size)
+        s["settled"] += int(settled.sum())
+        s["max_rel_gap"] = max(s["max_rel_gap"], float(np.max(gap, initial=0.0)))
+        s["max_rel_gap_not_settled"] = max(s["max_rel_gap_not_settled"], float(np.max(gap[~settled], initial=0.0)))
 
