@@ -43,7 +43,7 @@ from common import Timer, log, median, run_worker  # noqa: E402
 
 BENCHMARK = "probe_speed"
 # the 3-class comparison's grid (see --three-class)
-THREE_CLASS_GRID = {"c_grid": (0.1, 1.0), "eta_grid": (0.5, 1.0)}
+THREE_CLASS_GRID = {"c_grid": (0.1, 0.3), "eta_grid": (0.5, 1.0)}
 
 
 def worker_probe(spec: dict) -> dict:
