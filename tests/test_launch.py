@@ -195,6 +195,17 @@ def test_failing_rank_error_reaches_the_user_once_exit_2(tiny_model, review_csv,
     assert len(lines) == 1 and lines[0].startswith("error:") and "being written" in lines[0], res.stderr
 
 
+def _long_extract_args(tiny_model, review_csv, tmp_path, name: str) -> list[str]:
+    """Extract arguments for a run of minutes (the review csv 100 times over, no --limit): a signal
+    sent once both ranks are up lands mid-run (80 rows took 0.6 s, sometimes done before the signal)."""
+    rows = review_csv.read_text().splitlines()
+    data = tmp_path / "long.csv"
+    data.write_text("\n".join([rows[0], *rows[1:] * 100]) + "\n")
+    args = _extract_args(tiny_model, data, tmp_path / name)
+    i = args.index("--limit")
+    return args[:i] + args[i + 2:]
+
+
 def _start_and_wait_for_ranks(args: list[str], env: dict):
     """Start `stcstore extract ... --nproc-per-node 2`; return the launcher and its 2 rank processes."""
     import psutil
@@ -224,7 +235,8 @@ def test_ctrl_c_stops_every_rank(tiny_model, review_csv, tmp_path):
     The ranks got the default cores // 2 threads each."""
     import psutil
 
-    proc, ranks = _start_and_wait_for_ranks(_extract_args(tiny_model, review_csv, tmp_path / "c.zarr"), _clean_env())
+    proc, ranks = _start_and_wait_for_ranks(_long_extract_args(tiny_model, review_csv, tmp_path, "c.zarr"),
+                                              _clean_env())
     try:
         assert {r.environ().get("OMP_NUM_THREADS") for r in ranks} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
         proc.send_signal(signal.SIGINT)
@@ -244,7 +256,7 @@ def test_rank_killed_by_a_signal_is_named(tiny_model, review_csv, tmp_path):
     """kill -9 of one rank (nobody prints anything then): the launcher names it in one line, exit 1."""
     import psutil
 
-    proc, ranks = _start_and_wait_for_ranks(_extract_args(tiny_model, review_csv, tmp_path / "k.zarr"),
+    proc, ranks = _start_and_wait_for_ranks(_long_extract_args(tiny_model, review_csv, tmp_path, "k.zarr"),
                                             _clean_env(OMP_NUM_THREADS="1"))
     try:
         ranks[1].send_signal(signal.SIGKILL)
