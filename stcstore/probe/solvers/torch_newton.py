@@ -256,14 +256,19 @@ def _model_value(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.T
     return float(((0.5 * (H @ v) + c) * v).sum(dtype=torch.float64) + (pen * v.abs()).sum(dtype=torch.float64))
 
 
-def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor, rounds: int = 2) -> torch.Tensor:
-    """Exact minimiser of the model on v's support and signs (one Cholesky solve), if it is better.
+def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor, rounds: int = 8) -> torch.Tensor:
+    """Exact minimiser of the model on v's support and signs (Cholesky solves), if it is better.
 
     First-order inner iterations find the support quickly but converge slowly on it when the
     features are correlated; on a fixed support and signs the model is a smooth quadratic,
-    solved exactly by one linear system. A sign that flips is set to zero and the system
-    re-solved (`rounds` times); the result replaces v only if it lowers the model value.
+    solved exactly by one linear system. Signs that flip are set to zero and the smaller system
+    re-solved, until none flips (at most `rounds` solves); the best of v and these points by
+    model value is returned. On first-token MiniLM ffn features at C = 1 the inner iterations
+    left a third of a 982-entry support with wrong signs: the second round still flipped 93,
+    the fifth none, and stopping after two left Newton at full steps of no progress (100 steps,
+    gap 0.11) where five rounds beat the inner solution in every step.
     """
+    best, best_val = v, _model_value(H, c, pen, v)
     u = v
     for _ in range(rounds):
         sgn = torch.sign(u) * pen
@@ -276,9 +281,12 @@ def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor
         u_new[fi] = sol
         flipped = (pen > 0) & (torch.sign(u_new) != sgn)
         u = torch.where(flipped, torch.zeros_like(u_new), u_new)
+        val = _model_value(H, c, pen, u)
+        if val < best_val:
+            best, best_val = u, val
         if not bool(flipped.any()):
             break
-    return u if _model_value(H, c, pen, u) < _model_value(H, c, pen, v) else v
+    return best
 
 
 def _line_search(data: _Data, Wp: torch.Tensor, C: torch.Tensor, ev: _Eval, dW: torch.Tensor, db: torch.Tensor,
