@@ -435,3 +435,20 @@ def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
     after = _model_value(Ht, ct, pt, _polish(Ht, ct, pt, v)) - best
     assert before > 1.0                      # the inner solution is far from the minimiser
     assert -1e-3 <= after <= 0.1 * before, (before, after)
+
+
+def test_model_kkt_is_zero_at_the_exact_minimiser_only() -> None:
+    """The model-optimality residual that lets a step count as exact: ~0 at the coordinate-descent
+    minimiser, large at an inner solution of ten iterations."""
+    from stcstore.probe.solvers.torch_newton import _inner_fista, _model_kkt
+
+    X, y = make_data(300, 40, 2, seed=4)
+    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1).astype(np.float64)
+    H = 0.25 * Xa.T @ Xa + 1e-6 * np.eye(Xa.shape[1])
+    c = Xa.T @ (0.5 - y)
+    pen = np.r_[np.ones(X.shape[1]), 0.0]
+    Ht, ct, pt = (torch.tensor(a, dtype=torch.float32) for a in (H, c, pen))
+    exact = torch.tensor(_lasso_model_cd(H, c, pen), dtype=torch.float32)
+    assert _model_kkt(Ht, ct, pt, exact) <= 1e-2
+    rough, _ = _inner_fista(Ht, ct, pt, torch.zeros_like(ct), 3, 0.0)
+    assert _model_kkt(Ht, ct, pt, rough) > 0.1
