@@ -418,7 +418,7 @@ def _lasso_model_cd(H: np.ndarray, c: np.ndarray, pen: np.ndarray, sweeps: int =
 def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
     """Ten inner iterations on near-duplicate columns leave a support with many wrong signs; the
     polish (re-solving until no sign flips) closes at least 90% of the model gap to the exact minimiser."""
-    from stcstore.probe.solvers.torch_newton import _inner_fista, _model_value, _polish
+    from stcstore.probe.solvers.torch_model import _inner_fista, _model_value, _polish
 
     rng = np.random.default_rng(seed)
     X, y = make_data(400, 60, 2, seed=seed)
@@ -440,7 +440,7 @@ def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
 def test_model_kkt_is_zero_at_the_exact_minimiser_only() -> None:
     """The model-optimality residual that lets a step count as exact: ~0 at the coordinate-descent
     minimiser, large at an inner solution of ten iterations."""
-    from stcstore.probe.solvers.torch_newton import _inner_fista, _model_kkt
+    from stcstore.probe.solvers.torch_model import _inner_fista, _model_kkt
 
     X, y = make_data(300, 40, 2, seed=4)
     Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1).astype(np.float64)

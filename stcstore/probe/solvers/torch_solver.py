@@ -23,7 +23,8 @@ point built from its residuals at no extra pass over X; converged problems leave
 Float32 maths; objectives, duals and line-search differences in float64.
 
 Modules: torch_data (the design and the passes over it), torch_dual (objective, dual point,
-gap, bookkeeping), torch_newton and torch_fista (the two engines); this one holds the path.
+gap, bookkeeping), torch_newton and torch_fista (the two engines), torch_model (the Newton
+step's quadratic model and its solvers); this one holds the path.
 """
 
 from __future__ import annotations
