@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 
@@ -141,10 +142,11 @@ def test_rank_command_repeats_the_given_options_without_the_launch_ones():
 
 # -- real launches: 2 CPU ranks (gloo) ----------------------------------------------------------------
 
-def _extract_args(tiny_model, review_csv, store) -> list[str]:
+def _extract_args(tiny_model, review_csv, store, limit: Optional[int] = 80) -> list[str]:
     # --run R is the option torchrun itself would take for its --run-path
     return ["extract", "--model", str(tiny_model("bert")), "--data", str(review_csv), "--store", str(store),
-            "--run", "R", "--limit", "80", "--chunk-rows", "8", "--max-length", "32", "--no-progress"]
+            "--run", "R", *(["--limit", str(limit)] if limit else []), "--chunk-rows", "8", "--max-length", "32",
+            "--no-progress"]
 
 
 def _launch(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -201,9 +203,7 @@ def _long_extract_args(tiny_model, review_csv, tmp_path, name: str) -> list[str]
     rows = review_csv.read_text().splitlines()
     data = tmp_path / "long.csv"
     data.write_text("\n".join([rows[0], *rows[1:] * 100]) + "\n")
-    args = _extract_args(tiny_model, data, tmp_path / name)
-    i = args.index("--limit")
-    return args[:i] + args[i + 2:]
+    return _extract_args(tiny_model, data, tmp_path / name, limit=None)
 
 
 def _start_and_wait_for_ranks(args: list[str], env: dict):

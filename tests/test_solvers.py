@@ -414,6 +414,13 @@ def _lasso_model_cd(H: np.ndarray, c: np.ndarray, pen: np.ndarray, sweeps: int =
     return v
 
 
+def _newton_model_at_zero(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, c, pen) of the binary Newton model at w = 0, C = 1, over [X, 1] (the intercept unpenalised)."""
+    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1).astype(np.float64)
+    H = 0.25 * Xa.T @ Xa + 1e-6 * np.eye(Xa.shape[1])
+    return H, Xa.T @ (0.5 - y), np.r_[np.ones(X.shape[1]), 0.0]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
     """Ten inner iterations on near-duplicate columns leave a support with many wrong signs; the
@@ -423,11 +430,7 @@ def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
     rng = np.random.default_rng(seed)
     X, y = make_data(400, 60, 2, seed=seed)
     X = np.concatenate([X, X + 0.05 * rng.normal(size=X.shape).astype(np.float32)], axis=1)
-    X = (X - X.mean(0)) / X.std(0)
-    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1).astype(np.float64)
-    H = 0.25 * Xa.T @ Xa + 1e-6 * np.eye(Xa.shape[1])      # the model at w = 0, C = 1
-    c = Xa.T @ (0.5 - y)
-    pen = np.r_[np.ones(X.shape[1]), 0.0]
+    H, c, pen = _newton_model_at_zero((X - X.mean(0)) / X.std(0), y)
     Ht, ct, pt = (torch.tensor(a, dtype=torch.float32) for a in (H, c, pen))
     best = _model_value(Ht, ct, pt, torch.tensor(_lasso_model_cd(H, c, pen), dtype=torch.float32))
     v, _ = _inner_fista(Ht, ct, pt, torch.zeros_like(ct), 10, 0.0)
@@ -439,14 +442,10 @@ def test_polish_recovers_from_an_inner_solution_with_wrong_signs(seed) -> None:
 
 def test_model_kkt_is_zero_at_the_exact_minimiser_only() -> None:
     """The model-optimality residual that lets a step count as exact: ~0 at the coordinate-descent
-    minimiser, large at an inner solution of ten iterations."""
+    minimiser, large at an inner solution of three iterations."""
     from stcstore.probe.solvers.torch_model import _inner_fista, _model_kkt
 
-    X, y = make_data(300, 40, 2, seed=4)
-    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1).astype(np.float64)
-    H = 0.25 * Xa.T @ Xa + 1e-6 * np.eye(Xa.shape[1])
-    c = Xa.T @ (0.5 - y)
-    pen = np.r_[np.ones(X.shape[1]), 0.0]
+    H, c, pen = _newton_model_at_zero(*make_data(300, 40, 2, seed=4))
     Ht, ct, pt = (torch.tensor(a, dtype=torch.float32) for a in (H, c, pen))
     exact = torch.tensor(_lasso_model_cd(H, c, pen), dtype=torch.float32)
     assert _model_kkt(Ht, ct, pt, exact) <= 1e-2
