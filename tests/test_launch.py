@@ -198,8 +198,8 @@ def test_failing_rank_error_reaches_the_user_once_exit_2(tiny_model, review_csv,
 
 
 def _long_extract_args(tiny_model, review_csv, tmp_path, name: str) -> list[str]:
-    """Extract arguments for a run of minutes (the review csv 100 times over, no --limit): a signal
-    sent once both ranks are up lands mid-run (80 rows took 0.6 s, sometimes done before the signal)."""
+    """Extract arguments for a run of seconds, not a fraction of one (the review csv 100 times over, no
+    --limit), so that a signal sent once both ranks are up lands mid-run."""
     rows = review_csv.read_text().splitlines()
     data = tmp_path / "long.csv"
     data.write_text("\n".join([rows[0], *rows[1:] * 100]) + "\n")
@@ -210,8 +210,11 @@ def _start_and_wait_for_ranks(args: list[str], env: dict):
     """Start `stcstore extract ... --nproc-per-node 2`; return the launcher and its 2 rank processes."""
     import psutil
 
+    # SIGINT at its default, as under a terminal: a shell starts background jobs with SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt (a CI run started with `&` failed the Ctrl-C test so)
     proc = subprocess.Popen([sys.executable, "-m", "stcstore", *args, "--nproc-per-node", "2"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ranks: list = []
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline and len(ranks) < 2:
