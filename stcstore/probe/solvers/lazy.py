@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
+
+from ..standardize import standardize_into
 
 __all__ = ["StandardizedColumns", "as_matrix"]
 
@@ -52,15 +55,14 @@ class StandardizedColumns:
             out = np.empty((stop - start, n_cols), dtype=np.float32)
         if cols is None:
             for (raw, mean, inv), a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
-                o = out[:, a:b]
-                np.subtract(raw[start:stop], mean, out=o, dtype=np.float32)
-                o *= inv
+                standardize_into(raw[start:stop], mean, inv, out[:, a:b])
             return out
         plan, mean, inv = self._column_plan(cols)
+        o = torch.from_numpy(out)
         for p, sel, local in plan:
-            out[:, sel] = self.parts[p][0][start:stop][:, local]
-        out -= mean
-        out *= inv
+            # a gather in the raw dtype, then one vectorised cast into the output's columns
+            o[:, sel] = torch.from_numpy(self.parts[p][0][start:stop][:, local]).to(torch.float32)
+        o.sub_(torch.from_numpy(mean)).mul_(torch.from_numpy(inv))
         return out
 
     def _column_plan(self, cols: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
@@ -75,7 +77,10 @@ class StandardizedColumns:
         plan = []
         for p in np.unique(part):
             sel = np.flatnonzero(part == p)
-            plan.append((int(p), sel, c[sel] - self.offsets[p]))
+            # sorted cols give each block one run of output columns: a slice copies fastest
+            run = len(sel) and sel[-1] - sel[0] + 1 == len(sel)
+            plan.append((int(p), slice(int(sel[0]), int(sel[-1]) + 1) if run else torch.from_numpy(sel),
+                         c[sel] - self.offsets[p]))
         self._plan = (cols, (plan, self._mean[c], self._inv[c]))
         return self._plan[1]
 
