@@ -285,6 +285,31 @@ def test_newton_left_far_from_the_optimum_is_finished_by_fista(n_classes) -> Non
         assert abs(f - f_sk) <= 1e-3 * f_sk, (C, f, f_sk)
 
 
+def test_a_support_beyond_the_working_set_cap_goes_on_with_fista(caplog) -> None:
+    """Newton hands over a problem whose nonzeros fill its capped working set; sklearn's optimum holds."""
+    X, y = make_data(400, 60, 2, seed=6)
+    Cs = [0.01, 1.0]
+    with caplog.at_level("DEBUG", logger="stcstore.probe.solvers.torch_newton"):
+        fit = TorchSolver(method="newton", min_working_set=8, max_working_set=12).fit_path(X, y, 2, Cs)
+    ref = SklearnSolver(tol=1e-8, saga_tol=1e-6, saga_max_iter=20000).fit_path(X, y, 2, Cs)
+    assert np.count_nonzero(ref.coef[0, 1]) > 12          # C = 1 needs more than the cap
+    assert "FISTA takes them over" in caplog.text
+    assert fit.rel_gap[0, 1] <= 1e-3
+    for ci, C in enumerate(Cs):
+        f = l1_logistic_objective(X, y, 2, fit.coef[0, ci], fit.intercept[0, ci], C)
+        f_sk = l1_logistic_objective(X, y, 2, ref.coef[0, ci], ref.intercept[0, ci], C)
+        assert abs(f - f_sk) <= 1e-3 * f_sk, (C, f, f_sk)
+
+
+def test_auto_method_takes_newton_for_a_design_wider_than_the_newton_system() -> None:
+    """Rows and columns beyond the largest Newton system: the capped working set decides, not d or n."""
+    s = TorchSolver()
+    assert s._method_for(1, 10_247, 9_216) == "newton"       # the all-layers-concat refit of MiniLM ffn
+    assert s._method_for(3, 10_247, 9_216) == "fista"        # 3 x 3072 coordinates are over the limit
+    assert TorchSolver(max_working_set=2048)._method_for(3, 10_247, 9_216) == "newton"
+    assert s._method_for(12, 500, 100) == "fista"            # too many logits for K^2 Hessian blocks
+
+
 # ----------------------------------------------------------------------------- memory budget
 
 

@@ -116,8 +116,9 @@ class TorchSolver(Solver):
         if self.method != "auto":
             return self.method
         # Newton's Hessian has (K * working-set)^2 entries and K (K + 1) / 2 GEMMs per step; the
-        # working set rarely exceeds n (an L1 solution has at most about n nonzeros per logit)
-        return "newton" if K <= _NEWTON_MAX_OUT and K * min(d, n) <= _NEWTON_MAX_COORDS else "fista"
+        # working set is capped (a problem whose support outgrows the cap goes on with FISTA)
+        ws = min(d, n, self.max_working_set)
+        return "newton" if K <= _NEWTON_MAX_OUT and K * ws <= _NEWTON_MAX_COORDS else "fista"
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
                  masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
