@@ -327,6 +327,39 @@ def test_refit_classifier_is_fitted_on_train_and_val(experiment):
     assert rep["stc"]["no_refit"]["test"] >= 0.7 and rep["stc"]["test"] >= 0.7
 
 
+def test_refit_from_a_start_reaches_scikit_learns_optimum(experiment):
+    """The baselines' refits start from their train-only fits: a start, good or bad, changes the work only."""
+    from sklearn.linear_model import LogisticRegression
+
+    from stcstore.probe.blocks import read_features
+    from stcstore.probe.refit import refit
+    from stcstore.probe.solvers.base import l1_logistic_objective
+    from stcstore.probe.solvers.torch_solver import TorchSolver
+    from stcstore.probe.splits import resolve_splits
+
+    reader = open_run(experiment["store"])
+    plan = resolve_splits(reader, "sentiment", "fold", 0)
+    row_maps = {s: plan.row_roles(s, reader.n_rows(s)) for s in plan.store_splits()}
+    d = WIDTH["ffn"]
+    feats = (np.full(2 * d, 1), np.repeat([0, 1], d), np.tile(np.arange(d), 2))     # ffn layers 0 and 1
+    C = 0.3
+    tr, va, _ = read_features(reader, plan, row_maps, "mean", *feats, roles=(0, 1))
+    X = np.concatenate([tr, va]).astype(np.float64)
+    Z = (X - X.mean(0)) / X.std(0)
+    y = np.concatenate([plan.y["train"], plan.y["val"]])
+    sk = LogisticRegression(l1_ratio=1.0, C=C, solver="saga", tol=1e-8, max_iter=20000).fit(Z, y)
+    best = l1_logistic_objective(Z, y, 2, sk.coef_, sk.intercept_, C)
+    rng = np.random.default_rng(0)
+    starts = [None, (sk.coef_.astype(np.float32), sk.intercept_.astype(np.float32)),
+              (rng.normal(size=(1, 2 * d)) * 3, rng.normal(size=1))]
+    for init in starts:
+        r = refit(TorchSolver(), reader, plan, row_maps, "mean", *feats, C, init=init)
+        coef = np.zeros((1, 2 * d))
+        coef[:, r.cols] = r.coef
+        ours = l1_logistic_objective(Z, y, 2, coef, r.intercept, C)
+        assert abs(ours - best) <= 1e-3 * best, (init is None, ours, best)
+
+
 def test_outputs_written_twice(experiment):
     exp, out = experiment["exp"], experiment["out"]
     for folder in (exp, out):

@@ -73,7 +73,7 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
         if refit:
             d = reader.width(p.site)
             r = refit_cols(solver, reader, plan, row_maps, p.pool, np.full(d, SITE_CODES[p.site]), np.full(d, p.layer),
-                           np.arange(d), p.C)
+                           np.arange(d), p.C, init=(p.coef, p.intercept))
             entry.update(classification_metrics(y_te, r.test_decision, K))
             preds[name] = labels_from_decision(r.test_decision)
             entry["no_refit"] = {"n_features": p.n_nonzero, **trained}
@@ -122,7 +122,7 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
         return entry
     # train + val statistics per layer: the refit reads each layer's raw columns once more
     r = refit_cols(solver, reader, plan, row_maps, pool, np.full(L * d, SITE_CODES[site]),
-                   np.repeat(np.arange(L), d), np.tile(all_cols, L), float(Cs[ci]))
+                   np.repeat(np.arange(L), d), np.tile(all_cols, L), float(Cs[ci]), init=(coef[ci], icpt[ci]))
     entry.update(classification_metrics(y_te, r.test_decision, K))
     preds["all_layers_concat"] = labels_from_decision(r.test_decision)
     entry["no_refit"] = {"n_features": nnz[ci], **trained}

@@ -4,7 +4,7 @@ recomputed from train + val; the refit model is the one a user keeps, scored onc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -32,8 +32,13 @@ class Refit:
 
 
 def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str, site: np.ndarray,
-          layer: np.ndarray, index: np.ndarray, C: float) -> Refit:
+          layer: np.ndarray, index: np.ndarray, C: float,
+          init: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Refit:
     """Fit features (site code, layer entry, neuron) of one pool on train + val at one C; decide on test.
+
+    `init` is a start: the train-only fit at that C ((n_out, F) coefficients of the features
+    in the order given, (n_out,) intercept); a solver that takes starts begins from it, or from
+    zero if that is better (a single C from zero is the hardest problem of a path).
 
     Each layer's columns are read once in the store's dtype (train and val rows together, in a
     scratch file when large) with their train + val statistics; the design is standardised as
@@ -62,7 +67,8 @@ def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool:
             del tv
         X = StandardizedColumns(fit_parts, n_rows=n_tv)
         y = np.concatenate([plan.y["train"], plan.y["val"]])
-        coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None)
+        start = None if init is None else (np.asarray(init[0])[None, None][..., perm], np.asarray(init[1])[None, None])
+        coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None, start)
         del X, fit_parts[:]
     coef, icpt = coef[0, 0], icpt[0, 0]
     nz = np.flatnonzero(np.any(coef != 0, axis=0))
