@@ -395,8 +395,11 @@ def test_settled_needs_a_clean_full_step_and_a_small_change() -> None:
 
 
 def test_settled_stop_keeps_the_objective_of_a_gap_only_fit() -> None:
-    """On near-duplicate columns the gap lags the objective: stopping on a settled objective
-    saves Newton steps and lands within settle_tol of the gap-only fit and of sklearn."""
+    """On near-duplicate columns the gap lags the objective: a settled objective stops a problem
+    (no later than the gap would) within settle_tol of the gap-only fit and of sklearn.
+
+    Since the settled stop also asks for an exactly solved model, it saves a step or two here,
+    or none: the assertion on steps is that it costs none."""
     rng = np.random.default_rng(3)
     X, y = make_data(600, 150, 2, seed=2)
     X = np.concatenate([X, X + 0.05 * rng.normal(size=X.shape).astype(np.float32)], axis=1)
@@ -404,7 +407,8 @@ def test_settled_stop_keeps_the_objective_of_a_gap_only_fit() -> None:
     Cs = [0.1, 1.0, 10.0]
     gap_only = TorchSolver(settle_tol=0).fit_path(X, y, 2, Cs)
     fit = TorchSolver().fit_path(X, y, 2, Cs)
-    assert fit.n_iter.sum() < gap_only.n_iter.sum()
+    assert fit.settled.any() and not gap_only.settled.any()
+    assert fit.n_iter.sum() <= gap_only.n_iter.sum()
     rel = np.abs(fit.objective - gap_only.objective) / gap_only.objective
     assert rel.max() <= 1e-5, rel
     sk = SklearnSolver(tol=1e-8).fit_path(X, y, 2, Cs)
