@@ -20,7 +20,8 @@ import torch
 from ..store.layout import CACHE_GROUP
 from ..store.location import Location, open_location
 
-__all__ = ["StreamingScaler", "StatsCache", "cache_key", "standardize_columns", "standardize_into", "ROW_CHUNK"]
+__all__ = ["StreamingScaler", "StatsCache", "cache_key", "standardize_columns", "standardize_into", "standardize_",
+           "ROW_CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,13 @@ def standardize_into(raw: np.ndarray, mean: np.ndarray, inv: np.ndarray, out: np
     """
     o = torch.from_numpy(out)
     o.copy_(_tensor(raw))
-    o.sub_(torch.from_numpy(mean)).mul_(torch.from_numpy(inv))
+    standardize_(o, mean, inv)
     return out
+
+
+def standardize_(t: torch.Tensor, mean: np.ndarray, inv: np.ndarray) -> torch.Tensor:
+    """t -= mean; t *= inv, in place (float32 t, mean and inv): the arithmetic of `standardize_into`."""
+    return t.sub_(torch.from_numpy(mean)).mul_(torch.from_numpy(inv))
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..standardize import standardize_into
+from ..standardize import standardize_, standardize_into
 
 __all__ = ["StandardizedColumns", "as_matrix"]
 
@@ -62,7 +62,7 @@ class StandardizedColumns:
         for p, sel, local in plan:
             # a gather in the raw dtype, then one vectorised cast into the output's columns
             o[:, sel] = torch.from_numpy(self.parts[p][0][start:stop][:, local]).to(torch.float32)
-        o.sub_(torch.from_numpy(mean)).mul_(torch.from_numpy(inv))
+        standardize_(o, mean, inv)
         return out
 
     def _column_plan(self, cols: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:

@@ -81,6 +81,11 @@ class _Eval:
     primal: torch.Tensor   # (p,) float64
     rel_gap: torch.Tensor  # (p,) float64
 
+    def take(self, sel: torch.Tensor) -> "_Eval":
+        """The same for the problems `sel` (a bool mask or indices over p) only."""
+        return _Eval(Z=self.Z[:, sel], A=self.A[:, sel], G0=self.G0[sel], primal=self.primal[sel],
+                     rel_gap=self.rel_gap[sel])
+
 
 def _primal(W: torch.Tensor, loss: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """sklearn's objective ||W||_1 + C * summed loss per problem, in float64."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .torch_data import _Data, _logits, _loss64, _np, _probs_loss, _soft, _sq_norm_aug, _xt
-from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
+from .torch_dual import _evaluate, _Result, _StopRule, _Tracker
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def _solve_fista(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tens
             if not bool(keep.all()):
                 idx, Wx, bx, Wy, by, t, L = (idx[keep], Wx[keep], bx[keep], Wy[keep], by[keep], t[keep], L[keep])
                 maskf = mask[idx][:, None, :].float()
-                ev = _Eval(Z=ev.Z[:, keep], A=ev.A[:, keep], G0=ev.G0[keep], primal=ev.primal[keep],
-                           rel_gap=ev.rel_gap[keep])
+                ev = ev.take(keep)
             Zx = ev.Z
             Zy = _logits(data, Wy, by)
         Ay, _ = _probs_loss(data, Zy)

@@ -50,14 +50,12 @@ def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Ten
         if it == max_iter or not bool(keep.any()):
             break
         idx = idx[keep]
-        ev = _Eval(Z=ev.Z[:, keep], A=ev.A[:, keep], G0=ev.G0[keep], primal=ev.primal[keep],
-                   rel_gap=ev.rel_gap[keep])
+        ev = ev.take(keep)
         full = (tr.W[idx] != 0).any(dim=1).sum(dim=1) >= max_ws
         if bool(full.any()):
             log.debug("newton: %d problems hold %d or more nonzeros: FISTA takes them over", int(full.sum()), max_ws)
             handed[_np(idx[full])] = True
-            idx, ev = idx[~full], _Eval(Z=ev.Z[:, ~full], A=ev.A[:, ~full], G0=ev.G0[~full], primal=ev.primal[~full],
-                                        rel_gap=ev.rel_gap[~full])
+            idx, ev = idx[~full], ev.take(~full)
             if len(idx) == 0:
                 tr.active = idx
                 break
