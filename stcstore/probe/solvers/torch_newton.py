@@ -11,10 +11,9 @@ import torch
 from .torch_data import _Data, _logits, _loss64, _np
 from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
+from .torch_hessian import HessianCache
 from .torch_model import _inner_fista, _model_kkt, _polish
 
-# rows of X whose working-set columns a Hessian gathers at a time
-HESSIAN_ROWS = 256
 # a Newton direction counts as exact (for _settled) when its quadratic model's KKT conditions
 # hold to this, in units of the L1 penalty (|C x_j^T r| <= 1 at an optimal zero weight)
 _MODEL_KKT_TOL = 1e-3
@@ -24,13 +23,16 @@ log = logging.getLogger(__name__)
 
 def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tensor, b: torch.Tensor, *,
                   tol: float, max_iter: int, min_ws: int, max_ws: int, ws_growth: float, inner_max_iter: int,
-                  inner_rtol: float, settle_tol: float = 0.0,
-                  patience: int = 2) -> _Result:
+                  inner_rtol: float, settle_tol: float = 0.0, patience: int = 2,
+                  hessians: Optional[HessianCache] = None) -> _Result:
     """Proximal Newton with working sets for P problems at once; returns their solutions.
 
     A problem stops when its relative duality gap is at most tol, or when its objective has
     settled (`_settled`: a relative change of at most settle_tol; 0 turns that off).
+    `hessians` keeps problems' Hessians from step to step (and from call to call: its keys are
+    the problems' indices); none kept by default.
     """
+    hessians = HessianCache(0) if hessians is None else hessians
     tr = _Tracker(W * mask[:, None, :], b)
     stop = _StopRule(W.shape[0], tol, patience, 0.5, W.device)
     P = W.shape[0]
@@ -64,7 +66,7 @@ def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Ten
         ws, complete = _working_sets(tr.W[idx], ev.G0 * C[idx][:, None, None].float(), mask[idx], min_ws, max_ws,
                                      ws_growth)
         last_obj[idx] = ev.primal
-        st, exact = _newton_step(data, tr, idx, C[idx], ev, ws, inner_max_iter, inner_rtol)
+        st, exact = _newton_step(data, tr, idx, C[idx], ev, ws, inner_max_iter, inner_rtol, hessians)
         clean[idx] = complete & exact & (st == 1)
         stalled_t = st == 0
         if bool(stalled_t.any()):
@@ -156,7 +158,7 @@ def _working_sets(W: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, min_ws: 
 
 
 def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, ev: _Eval, ws: torch.Tensor,
-                 inner_max_iter: int, inner_rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 inner_max_iter: int, inner_rtol: float, hessians: HessianCache) -> tuple[torch.Tensor, torch.Tensor]:
     """One proximal Newton step for problems idx (in place in tr); returns the step taken (0: none)
     and whether each direction minimised its quadratic model exactly (to _MODEL_KKT_TOL).
 
@@ -173,11 +175,13 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
     sizes = _np((ws >= 0).sum(1)).tolist()
     n_inner = []
     exact = torch.zeros(len(idx), dtype=torch.bool, device=Wp.device)
+    keys = _np(idx).tolist()
     for j, kj in enumerate(sizes):
         cols = ws[j, :kj]                    # valid entries come first, sorted
-        # exact Hessians only: on these ill-conditioned features, a Hessian reused from the
-        # previous step, subsampled rows or bfloat16 products all multiplied the step count
-        H = _hessian(data, cols, ev.A[:, j, :], float(C[j]))
+        # near-exact Hessians only (HessianCache): on these ill-conditioned features a Hessian
+        # reused whole from the previous step, subsampled rows or bfloat16 products all
+        # multiplied the step count
+        H = hessians.hessian(data, keys[j], cols, ev.A[:, j, :], float(C[j]))
         # coordinates: class by class, the kj working features then the intercept
         g = torch.cat([ev.G0[j][:, cols] * C[j].float(), gb[j][:, None]], dim=1).reshape(-1)
         w = torch.cat([Wp[j][:, cols], bp[j][:, None]], dim=1).reshape(-1)
@@ -200,74 +204,6 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
     tr.W[idx] = Wp + st[:, None, None] * dW
     tr.b[idx] = bp + st[:, None] * db
     return st, exact
-
-
-def _hessian(data: _Data, cols: torch.Tensor, a: torch.Tensor, Cj: float, drop: float = 1e-3) -> torch.Tensor:
-    """C * Hessian of the summed loss over [features cols, intercept], per class block: (K(k+1))^2.
-
-    d^2 loss / dz_c1 dz_c2 = a_c1 (delta_c1c2 - a_c2) (binary: a (1 - a)). Two savings on the
-    GEMMs, which dominate a Newton step: rows whose curvature is below `drop` times the largest
-    (confidently fitted samples; a quarter of the rows at C = 1 on MiniLM features, 0.03% of
-    the curvature mass) are left out, which only makes the step slightly inexact (the gradient
-    stays exact); and symmetric blocks are computed once, upper triangle by tiles, mirrored at
-    the end. Rows are taken HESSIAN_ROWS at a time and their products added into the one
-    Hessian in place, so neither the gathered columns nor a second Hessian grow with n. A tiny
-    ridge keeps the model strictly convex (the multinomial intercepts have a null direction,
-    and a working set can be rank deficient).
-    """
-    K = data.K
-    kj = int(cols.shape[0])
-    kk = kj + 1
-    curv = a * (1 - a)                                   # (n, K) diagonal curvatures
-    rowmax = curv.amax(dim=1)
-    kept = rowmax >= drop * rowmax.max()
-    H = torch.zeros((K * kk, K * kk), device=a.device)
-    edges = _tiles(kj)
-    for s, e, XS in data.chunks(cols, max_rows=HESSIAN_ROWS):   # (rows, kj), contiguous
-        keep = torch.nonzero(kept[s:e])[:, 0]
-        ac = a[s:e]
-        if len(keep) < XS.shape[0]:
-            XS, ac = XS.index_select(0, keep), ac.index_select(0, keep)
-        for c1 in range(K):
-            for c2 in range(c1, K):
-                if K == 1:
-                    dvec = Cj * ac[:, 0] * (1 - ac[:, 0])
-                else:
-                    dvec = Cj * ac[:, c1] * ((1.0 if c1 == c2 else 0.0) - ac[:, c2])
-                XD = XS * dvec[:, None]
-                blk = H[c1 * kk:(c1 + 1) * kk, c2 * kk:(c2 + 1) * kk]
-                _gram_add(XS, XD, blk[:kj, :kj], edges if c1 == c2 else None)
-                blk[:kj, kj] += XD.sum(0)
-                blk[kj, kj] += dvec.sum()
-    for c1 in range(K):
-        for c2 in range(c1, K):
-            blk = H[c1 * kk:(c1 + 1) * kk, c2 * kk:(c2 + 1) * kk]
-            blk[kj, :kj] = blk[:kj, kj]
-            if c1 == c2:
-                for r0, r1 in zip(edges[:-1], edges[1:]):
-                    blk[r1:kj, r0:r1] = blk[r0:r1, r1:kj].T
-            else:
-                H[c2 * kk:(c2 + 1) * kk, c1 * kk:(c1 + 1) * kk] = blk.T
-    diag = torch.diagonal(H)
-    diag += 1e-7 * diag.mean() + 1e-10
-    return H
-
-
-def _tiles(k: int) -> list[int]:
-    """Tile edges of a symmetric k x k product: tiles of >= 160 columns keep GEMM efficiency,
-    and 8 tiles do 56% of the full product's work."""
-    nb = max(1, min(8, k // 160))
-    return [round(i * k / nb) for i in range(nb + 1)]
-
-
-def _gram_add(XS: torch.Tensor, XD: torch.Tensor, out: torch.Tensor, edges: Optional[list[int]]) -> None:
-    """out += XS^T XD, in place; with tile `edges` (a symmetric product) only tiles on and above the diagonal."""
-    if edges is None or len(edges) <= 2:
-        out.addmm_(XS.T, XD)
-        return
-    for r0, r1 in zip(edges[:-1], edges[1:]):
-        # one GEMM per tile row: the diagonal tile and everything right of it
-        out[r0:r1, r0:].addmm_(XS[:, r0:r1].T, XD[:, r0:])
 
 
 def _line_search(data: _Data, Wp: torch.Tensor, C: torch.Tensor, ev: _Eval, dW: torch.Tensor, db: torch.Tensor,

@@ -3,8 +3,9 @@
 Two algorithms share the data, the objective and the stopping test:
 
 * ``newton`` (default up to 8 logits): proximal Newton on working sets, in the manner of
-  newGLMNET (liblinear's L1 solver). Each step builds the exact Hessian of the loss on the
-  working set (the nonzero weights plus the worst KKT violators, 1.25 times the support),
+  newGLMNET (liblinear's L1 solver). Each step takes the Hessian of the loss on the
+  working set (the nonzero weights plus the worst KKT violators, 1.25 times the support;
+  updated from the problem's previous Hessian in the rows whose curvature moved by over 1%),
   minimises the L1-penalised quadratic model (accelerated proximal-gradient iterations find
   the support, then one Cholesky solve on that support finishes it exactly), and takes an
   Armijo step. Hessians are matrix-matrix products (compute bound) where first-order
@@ -23,8 +24,9 @@ point built from its residuals at no extra pass over X; converged problems leave
 Float32 maths; objectives, duals and line-search differences in float64.
 
 Modules: torch_data (the design and the passes over it), torch_dual (objective, dual point,
-gap, bookkeeping), torch_newton and torch_fista (the two engines), torch_model (the Newton
-step's quadratic model and its solvers); this one holds the path.
+gap, bookkeeping), torch_newton and torch_fista (the two engines), torch_hessian (the Newton
+step's Hessian, updated between steps), torch_model (the Newton step's quadratic model and
+its solvers); this one holds the path.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..memory import resolve_budget
 from .torch_data import _np, _prepare, _prior_intercept, fp32_matmuls
 from .torch_dual import _better_start
 from .torch_fista import _solve_fista
+from .torch_hessian import HessianCache
 from .torch_newton import _solve_newton
 
 __all__ = ["TorchSolver"]
@@ -140,6 +143,14 @@ class TorchSolver(Solver):
         kw = min(d, n, self.max_working_set) + 1
         extra = 24 * (K * kw) ** 2 if method == "newton" else 0
         budget = resolve_budget(str(self._device), self.memory_budget)
+        hessians = None
+        if method == "newton":
+            # each problem's Hessian kept for its next step (and the next C's first), as far as a
+            # quarter of the budget allows; a problem without one rebuilds its Hessian every step
+            per = 4 * (K * kw) ** 2 + n * K * (K + 1) * 2
+            n_keep = min(M if self.path == "warm" else M * nC, max(0, (budget // 4 - extra) // per))
+            hessians = HessianCache(n_keep)
+            extra += n_keep * per
         data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra,
                         resident_bytes=self.resident_design_bytes)
         self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
@@ -157,9 +168,11 @@ class TorchSolver(Solver):
         if init is not None:
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
             init_b = torch.as_tensor(init[1], device=self._device)
-        opts = dict(tol=self.tol, max_iter=max_iter, min_ws=self.min_working_set, max_ws=self.max_working_set,
-                    ws_growth=self.ws_growth, inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol,
-                    settle_tol=self.settle_tol)
+        opts: dict[str, Any] = dict(tol=self.tol, max_iter=max_iter)
+        if method == "newton":
+            opts.update(min_ws=self.min_working_set, max_ws=self.max_working_set, ws_growth=self.ws_growth,
+                        inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol, settle_tol=self.settle_tol,
+                        hessians=hessians)
         if self.path == "warm":
             # smallest C first: its solution is sparse and cheap, and starts the next C close by
             W = torch.zeros((M, K, d), device=self._device)
@@ -192,6 +205,9 @@ class TorchSolver(Solver):
             icpt -= icpt.mean(axis=-1, keepdims=True)
         log.debug("torch %s path: %d masks x %d C on %s in %.2fs, iterations %s, max rel gap %.1e",
                   method, M, nC, self.device, time.perf_counter() - t0, n_iter.tolist(), float(np.max(gap)))
+        if hessians is not None:
+            log.debug("torch newton: %d Hessians built, %d updated from the previous step's", hessians.built,
+                      hessians.updated)
         self._note_exit(gap, settled)
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t, rel_gap=gap,
                        settled=settled)
