@@ -37,14 +37,21 @@ def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor
     left a third of a 982-entry support with wrong signs: the second round still flipped 93,
     the fifth none, and stopping after two left Newton at full steps of no progress (100 steps,
     gap 0.11) where five rounds beat the inner solution in every step.
+
+    The support is ordered by decreasing |v| (unpenalised coordinates first): the flips are
+    mostly small weights, so after the first round only the factor's tail, from the first
+    dropped coordinate on, is recomputed. On the eta = 1 MiniLM ffn design later rounds were
+    57% of the Cholesky work, dropping a few to a few hundred of 1,500-3,000 coordinates.
     """
     best, best_val = v, _model_value(H, c, pen, v)
     u = v
+    fi = torch.nonzero((v != 0) | (pen == 0))[:, 0]
+    fi = fi[torch.argsort(torch.where(pen[fi] == 0, float("inf"), v[fi].abs()), descending=True, stable=True)]
+    fac = _Factor.of(H, fi)
     for _ in range(rounds):
         sgn = torch.sign(u) * pen
-        fi = torch.nonzero((u != 0) | (pen == 0))[:, 0]
         rhs = -(c.index_select(0, fi) + sgn.index_select(0, fi))
-        sol = _spd_solve(H, fi, rhs)
+        sol = _spd_solve(H, fi, rhs) if fac is None else fac.solve(H, rhs)
         if sol is None:
             break
         u_new = torch.zeros_like(u)
@@ -56,30 +63,71 @@ def _polish(H: torch.Tensor, c: torch.Tensor, pen: torch.Tensor, v: torch.Tensor
             best, best_val = u, val
         if not bool(flipped.any()):
             break
+        keep = ~flipped.index_select(0, fi)
+        fac = None if fac is None else fac.without(H, keep)
+        fi = fi[keep]
     return best
 
 
-def _spd_solve(H: torch.Tensor, fi: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
-    """A^-1 b for the principal block A = H[fi, fi] (symmetric positive definite): float32
-    Cholesky plus one float64 refinement.
+class _Factor:
+    """Lower float32 Cholesky factor of H's principal block on an ordered coordinate list."""
 
-    The refinement step (residual in float64, correction with the same factor) recovers most
-    of a float64 solve's accuracy at half its cost; float64 throughout if float32 fails. One
-    copy of A exists, factored in place, and the residual reads A's rows from H a block at a
-    time: with working sets of thousands of columns these systems are a Newton step's largest
-    allocations.
-    """
-    # index_select, not H[fi[:, None], fi]: advanced indexing took 4x as long here
-    A = H.index_select(0, fi).index_select(1, fi)
-    Lc, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32, device=A.device)))
-    if int(info) == 0:
-        x = _cholesky_solve(Lc, b)
+    def __init__(self, fi: torch.Tensor, L: torch.Tensor) -> None:
+        self.fi, self.L = fi, L
+
+    @staticmethod
+    def of(H: torch.Tensor, fi: torch.Tensor) -> Optional["_Factor"]:
+        """The factor of H[fi, fi], or None where float32 Cholesky fails."""
+        # index_select, not H[fi[:, None], fi]: advanced indexing took 4x as long here
+        A = H.index_select(0, fi).index_select(1, fi)
+        L, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32, device=A.device)))
+        return _Factor(fi, L) if int(info) == 0 else None
+
+    def solve(self, H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """H[fi, fi]^-1 b: one solve plus one refinement with a float64 residual.
+
+        The refinement recovers most of a float64 solve's accuracy at half its cost; the
+        residual reads H's rows a block at a time (no second copy of the system).
+        """
+        fi = self.fi
+        x = _cholesky_solve(self.L, b)
         x64 = x.double()
         r = b.double()
         for i in range(0, len(fi), _REFINE_ROWS):
             r[i:i + _REFINE_ROWS] -= H.index_select(0, fi[i:i + _REFINE_ROWS]).index_select(1, fi).double() @ x64
-        return x + _cholesky_solve(Lc, r.float())
-    del A, Lc
+        return x + _cholesky_solve(self.L, r.float())
+
+    def without(self, H: torch.Tensor, keep: torch.Tensor) -> Optional["_Factor"]:
+        """The factor of the block on fi[keep]: the part before the first dropped coordinate is kept,
+        the tail's Schur complement refactored (None where that fails)."""
+        p = int(torch.nonzero(~keep)[0, 0])
+        fi = self.fi[keep]
+        tail_at = torch.nonzero(keep[p:])[:, 0] + p
+        m = len(fi)
+        L = torch.empty((m, m), device=H.device)
+        L[:p, :p] = self.L[:p, :p]
+        L21 = self.L.index_select(0, tail_at)[:, :p]
+        L[p:, :p] = L21
+        tail = fi[p:]
+        S = H.index_select(0, tail).index_select(1, tail)
+        S.addmm_(L21, L21.T, alpha=-1)
+        Ls, info = torch.linalg.cholesky_ex(S, out=(S, torch.empty((), dtype=torch.int32, device=S.device)))
+        if int(info) != 0:
+            return None
+        L[p:, p:] = Ls
+        return _Factor(fi, L)
+
+
+def _spd_solve(H: torch.Tensor, fi: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
+    """A^-1 b for the principal block A = H[fi, fi] (symmetric positive definite): float32
+    Cholesky plus one float64 refinement, float64 throughout if float32 fails.
+
+    With working sets of thousands of columns these systems are a Newton step's largest
+    allocations: one copy of A exists, factored in place.
+    """
+    fac = _Factor.of(H, fi)
+    if fac is not None:
+        return fac.solve(H, b)
     Lc, info = torch.linalg.cholesky_ex(H.index_select(0, fi).index_select(1, fi).double())
     if int(info) != 0:
         return None
