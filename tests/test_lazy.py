@@ -38,6 +38,13 @@ def test_rows_match_float64_standardisation() -> None:
     np.testing.assert_allclose(X.rows(10, 50, cols), ref[10:50][:, cols], rtol=1e-5, atol=1e-5)
     sorted_cols = np.array([1, 2, 5, 7, 8, 9, 18, 20, 22])     # one run of output columns per block
     np.testing.assert_allclose(X.rows(10, 50, sorted_cols), ref[10:50][:, sorted_cols], rtol=1e-5, atol=1e-5)
+    # read-only blocks (scratch files are mapped read-only) give the same rows, gathered or whole
+    frozen = [(raw.copy(), m, s) for raw, m, s in parts]
+    for raw, _, _ in frozen:
+        raw.setflags(write=False)
+    Xf = StandardizedColumns(frozen)
+    for c in (cols, sorted_cols):
+        np.testing.assert_allclose(Xf.rows(10, 50, c), ref[10:50][:, c], rtol=1e-5, atol=1e-5)
     out = np.full((5, X.shape[1]), np.nan, np.float32)
     assert X.rows(3, 8, out=out) is out and np.isfinite(out).all()
     with pytest.raises(ValueError, match="row counts"):

@@ -21,7 +21,7 @@ from ..store.layout import CACHE_GROUP
 from ..store.location import Location, open_location
 
 __all__ = ["StreamingScaler", "StatsCache", "cache_key", "standardize_columns", "standardize_into", "standardize_",
-           "ROW_CHUNK"]
+           "host_tensor", "ROW_CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def standardize_into(raw: np.ndarray, mean: np.ndarray, inv: np.ndarray, out: np
     the torch solver over a streamed design.
     """
     o = torch.from_numpy(out)
-    o.copy_(_tensor(raw))
+    o.copy_(host_tensor(raw))
     standardize_(o, mean, inv)
     return out
 
@@ -61,7 +61,7 @@ def standardize_(t: torch.Tensor, mean: np.ndarray, inv: np.ndarray) -> torch.Te
     return t.sub_(torch.from_numpy(mean)).mul_(torch.from_numpy(inv))
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
+def host_tensor(a: np.ndarray) -> torch.Tensor:
     """A CPU tensor sharing a's memory (a read-only array is copied: torch would warn)."""
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
