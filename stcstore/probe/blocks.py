@@ -9,7 +9,6 @@ already computed them.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -18,19 +17,18 @@ import numpy as np
 from ..errors import StoreError
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
+from .heap import reuse_heap_while_solving
 from .solvers.lazy import StandardizedColumns, as_matrix
 from .splits import SplitPlan
 from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns
 
-__all__ = ["Block", "load_block", "read_columns", "labels_from_decision", "val_key", "fit_path", "val_accuracy_raw",
-           "return_freed_blocks_to_os"]
+__all__ = ["Block", "load_block", "read_columns", "labels_from_decision", "val_key", "fit_path", "val_accuracy_raw"]
 
 log = logging.getLogger(__name__)
 
 # bytes of raw activations read per zarr call: several stored chunks decode concurrently, yet
 # the slab stays small next to a layer block (peak memory must not grow with the split)
 _READ_BYTES = 8 << 20
-_MMAP_THRESHOLD = 256 << 10
 
 
 @dataclass
@@ -69,7 +67,8 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
     """A solver's fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
     # a solver that streams a built design gets it as it is; the others get the float32 matrix
     streams = isinstance(X, StandardizedColumns) and getattr(solver, "streams_designs", False)
-    fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init)
+    with reuse_heap_while_solving():
+        fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init)
     coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
     icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
     if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
@@ -177,26 +176,6 @@ def val_accuracy_raw(V: np.ndarray, scaler: StreamingScaler, coef: np.ndarray, i
         dec = (Z @ W + b).reshape(Z.shape[0], M, n_out)
         correct += (labels_from_decision(dec) == y[s:s + ROW_CHUNK, None]).sum(axis=0)
     return correct / max(len(y), 1)
-
-
-def return_freed_blocks_to_os() -> None:
-    """Pin glibc's mmap threshold so freed slabs and blocks go back to the OS at once.
-
-    glibc raises its threshold each time a large mmapped buffer is freed, after which equal
-    buffers (read slabs, float64 statistics temporaries) come from the heap and stay resident,
-    fragmented, between layers: peak RSS then grew by about twice a block's size from N to 4N
-    rows. A fixed threshold keeps the peak at one block plus the solver. Process-wide and
-    harmless elsewhere; a no-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(_MMAP_THRESHOLD))   # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # musl or another libc: keep its defaults
-        log.debug("mallopt unavailable; heap retention not tuned")
 
 
 def read_features(reader: RunReader, plan: SplitPlan, row_maps: dict, pool: str, site: np.ndarray,

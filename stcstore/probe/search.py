@@ -38,7 +38,7 @@ from ..store.reader import RunReader
 from .aggregate import site_choices
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
-from .blocks import return_freed_blocks_to_os
+from .heap import return_freed_blocks_to_os
 from .candidates import SELECTION_ORDER
 from .checkpoints import LayerFitCache
 from .crossval import cv_candidate, cv_layer_scores, cv_plans
