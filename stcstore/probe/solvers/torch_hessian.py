@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -126,11 +126,9 @@ def _carry(o_H: torch.Tensor, o_cols: torch.Tensor, cols: torch.Tensor, K: int) 
     return torch.zeros((N, N), device=o_H.device).index_copy_(0, dst, part)
 
 
-def _add_rows(H: torch.Tensor, data: _Data, cols: torch.Tensor, D: torch.Tensor, rows: torch.Tensor,
-              K: int, kk: int) -> None:
-    """Add sum over `rows` of x x^T weighted by D's pair weights to H's upper tiles and intercept columns."""
-    kj = kk - 1
-    edges = _tiles(kj)
+def _weighted_rows(data: _Data, cols: torch.Tensor, D: torch.Tensor, rows: torch.Tensor
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(X rows on cols, their weights D) of the rows flagged in `rows`, HESSIAN_ROWS at a time."""
     for s, e, XS in data.chunks(cols, max_rows=HESSIAN_ROWS):   # (rows, kj), contiguous
         take = torch.nonzero(rows[s:e])[:, 0]
         if len(take) == 0:
@@ -138,6 +136,15 @@ def _add_rows(H: torch.Tensor, data: _Data, cols: torch.Tensor, D: torch.Tensor,
         Dc = D[s:e]
         if len(take) < XS.shape[0]:
             XS, Dc = XS.index_select(0, take), Dc.index_select(0, take)
+        yield XS, Dc
+
+
+def _add_rows(H: torch.Tensor, data: _Data, cols: torch.Tensor, D: torch.Tensor, rows: torch.Tensor,
+              K: int, kk: int) -> None:
+    """Add sum over `rows` of x x^T weighted by D's pair weights to H's upper tiles and intercept columns."""
+    kj = kk - 1
+    edges = _tiles(kj)
+    for XS, Dc in _weighted_rows(data, cols, D, rows):
         for p, (c1, c2) in enumerate(_pairs(K)):
             XD = XS * Dc[:, p, None]
             blk = H[c1 * kk:(c1 + 1) * kk, c2 * kk:(c2 + 1) * kk]
@@ -152,14 +159,7 @@ def _set_columns(H: torch.Tensor, data: _Data, cols: torch.Tensor, D: torch.Tens
     kj = kk - 1
     P = len(_pairs(K))
     acc = torch.zeros((P, len(pos), kk), device=H.device)
-    rows = D.abs().amax(dim=1) > 0
-    for s, e, XS in data.chunks(cols, max_rows=HESSIAN_ROWS):
-        take = torch.nonzero(rows[s:e])[:, 0]
-        if len(take) == 0:
-            continue
-        Dc = D[s:e]
-        if len(take) < XS.shape[0]:
-            XS, Dc = XS.index_select(0, take), Dc.index_select(0, take)
+    for XS, Dc in _weighted_rows(data, cols, D, D.abs().amax(dim=1) > 0):
         XP = XS.index_select(1, pos)
         for p in range(P):
             XD = XP * Dc[:, p, None]
