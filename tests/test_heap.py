@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from stcstore.probe import heap
-
 _FAULTS = """
 import resource, numpy as np
 from stcstore.probe.heap import return_freed_blocks_to_os, reuse_heap_while_solving
@@ -41,10 +39,3 @@ def test_solving_reuses_freed_buffers_and_reading_returns_them() -> None:
     assert pinned > 40 * 100
     assert inside < pinned / 10
     assert after > pinned / 2
-
-
-def test_without_pinning_the_context_changes_nothing(monkeypatch) -> None:
-    monkeypatch.setattr(heap, "_libc", None)
-    with heap.reuse_heap_while_solving():
-        pass
-    assert heap._libc is None

@@ -63,7 +63,7 @@ class HessianCache:
         kept = rowmax >= DROP * top
         D = _row_weights(a) * kept[:, None]
         old = self._entries.pop(key, None)
-        H, D_used = _update(data, old, cols, D, torch.maximum(rowmax, DROP * top), int(kept.sum()), self)
+        H, D_used = self._update(data, old, cols, D, torch.maximum(rowmax, DROP * top), int(kept.sum()))
         if len(self._entries) < self.max_entries:
             self._entries[key] = (cols, H, D_used)
         out = H * Cj
@@ -71,37 +71,36 @@ class HessianCache:
         diag += 1e-7 * diag.mean() + 1e-10
         return out
 
-
-def _update(data: _Data, old: Optional[tuple], cols: torch.Tensor, D: torch.Tensor, scale: torch.Tensor,
-            n_kept: int, stats: HessianCache) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unscaled Hessian for row weights D on cols, from a cached one where that costs fewer rows."""
-    K = data.K
-    kj = int(cols.shape[0])
-    kk = kj + 1
-    if old is not None:
-        o_cols, o_H, o_D = old
-        changed = (D - o_D).abs().amax(dim=1) > STALE * scale
-        n_changed = int(changed.sum())
-        new = ~torch.isin(cols, o_cols)
-        n_new = int(new.sum())
-        # in row x column^2 products: changed rows on the upper tiles (0.56 of a full product),
-        # entering columns whole over every kept row, against every kept row on the tiles
-        if 0.56 * n_changed * kj + n_new * n_kept < 0.56 * n_kept * kj:
-            H = _carry(o_H, o_cols, cols, K)
-            D_used = o_D.clone()
-            if n_changed:
-                D_used[changed] = D[changed]
-                _add_rows(H, data, cols, D - o_D, changed, K, kk)
-            if n_new:
-                _set_columns(H, data, cols, D_used, torch.nonzero(new)[:, 0], K, kk)
-            _mirror(H, K, kk)
-            stats.updated += 1
-            return H, D_used
-    H = torch.zeros((K * kk, K * kk), device=D.device)
-    _add_rows(H, data, cols, D, D.abs().amax(dim=1) > 0, K, kk)
-    _mirror(H, K, kk)
-    stats.built += 1
-    return H, D
+    def _update(self, data: _Data, old: Optional[tuple], cols: torch.Tensor, D: torch.Tensor, scale: torch.Tensor,
+                n_kept: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unscaled Hessian for row weights D on cols, from a cached one where that costs fewer rows."""
+        K = data.K
+        kj = int(cols.shape[0])
+        kk = kj + 1
+        if old is not None:
+            o_cols, o_H, o_D = old
+            changed = (D - o_D).abs().amax(dim=1) > STALE * scale
+            n_changed = int(changed.sum())
+            new = ~torch.isin(cols, o_cols)
+            n_new = int(new.sum())
+            # in row x column^2 products: changed rows on the upper tiles (0.56 of a full product),
+            # entering columns whole over every kept row, against every kept row on the tiles
+            if 0.56 * n_changed * kj + n_new * n_kept < 0.56 * n_kept * kj:
+                H = _carry(o_H, o_cols, cols, K)
+                D_used = o_D.clone()
+                if n_changed:
+                    D_used[changed] = D[changed]
+                    _add_rows(H, data, cols, D - o_D, changed, K, kk)
+                if n_new:
+                    _set_columns(H, data, cols, D_used, torch.nonzero(new)[:, 0], K, kk)
+                _mirror(H, K, kk)
+                self.updated += 1
+                return H, D_used
+        H = torch.zeros((K * kk, K * kk), device=D.device)
+        _add_rows(H, data, cols, D, D.abs().amax(dim=1) > 0, K, kk)
+        _mirror(H, K, kk)
+        self.built += 1
+        return H, D
 
 
 def _coords(pos: torch.Tensor, kj: int, K: int) -> torch.Tensor:
