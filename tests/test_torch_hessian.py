@@ -71,7 +71,7 @@ def test_an_updated_hessian_equals_a_rebuild(K) -> None:
     a2[moved] = _probs(rng, K)[moved]
     cols1 = np.arange(0, 30)
     cols2 = np.r_[np.arange(3, 28), np.arange(32, 36)]
-    cache = HessianCache(1)
+    cache = HessianCache(1 << 30)
     at = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     cache.hessian(data, 5, torch.as_tensor(cols1), at(a1), 0.3)
     H = cache.hessian(data, 5, torch.as_tensor(cols2), at(a2), 1.0)
@@ -93,7 +93,7 @@ def test_rows_within_stale_keep_their_weight_and_most_rows_moving_rebuilds() -> 
     # every row's curvature moves by a quarter of STALE: the cache keeps the Hessian of a1
     a2 = 0.5 - np.sqrt(0.25 - curv1 * (1 + STALE / 4)) * np.sign(0.5 - a1)
     assert np.allclose(a2 * (1 - a2), curv1 * (1 + STALE / 4), rtol=1e-6)
-    cache = HessianCache(1)
+    cache = HessianCache(1 << 30)
     cache.hessian(data, 0, cols, torch.as_tensor(a1, dtype=torch.float32), 1.0)
     H = cache.hessian(data, 0, cols, torch.as_tensor(a2, dtype=torch.float32), 1.0)
     assert cache.updated == 1
@@ -107,14 +107,21 @@ def test_rows_within_stale_keep_their_weight_and_most_rows_moving_rebuilds() -> 
     _close(H, _exact(X, cols.numpy(), a3, 1.0))
 
 
-def test_a_problem_beyond_max_entries_is_rebuilt_every_step() -> None:
+def test_a_problem_beyond_max_bytes_is_rebuilt_every_step() -> None:
     rng, X, data = _setup(1, seed=3)
     a = torch.as_tensor(_probs(rng, 1), dtype=torch.float32)
-    cache = HessianCache(1)
+    # room for one entry on 10 columns: its Hessian (11 x 11), columns and row weights
+    one = 11 * 11 * 4 + 10 * 8 + N * 4
+    small = 3 * 3 * 4 + 2 * 8 + N * 4
+    cache = HessianCache(one + small)
     for key in (0, 1, 1, 0):
         cache.hessian(data, key, torch.arange(10), a, 1.0)
-    # key 0 took the one place; key 1 never gets one
+    # key 0 took the room; key 1 never finds any
     assert (cache.built, cache.updated) == (3, 1)
+    # a problem on 2 columns still fits beside it, and what a problem held is given back when it changes
+    for _ in range(3):
+        cache.hessian(data, 2, torch.arange(2), a, 1.0)
+    assert (cache.built, cache.updated) == (4, 3)
 
 
 @pytest.mark.parametrize("dropped", [[0, 12], [7, 12, 29], [29]])

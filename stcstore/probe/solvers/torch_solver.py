@@ -44,7 +44,7 @@ from ..memory import resolve_budget
 from .torch_data import _np, _prepare, _prior_intercept, fp32_matmuls
 from .torch_dual import _better_start
 from .torch_fista import _solve_fista
-from .torch_hessian import HessianCache
+from .torch_hessian import KEEP_BYTES, HessianCache
 from .torch_newton import _solve_newton
 
 __all__ = ["TorchSolver"]
@@ -145,12 +145,12 @@ class TorchSolver(Solver):
         budget = resolve_budget(str(self._device), self.memory_budget)
         hessians = None
         if method == "newton":
-            # each problem's Hessian kept for its next step (and the next C's first), as far as a
-            # quarter of the budget allows; a problem without one rebuilds its Hessian every step
+            # each problem's Hessian kept for its next step (and the next C's first), within KEEP_BYTES
+            # and a quarter of the budget; a problem without one rebuilds its Hessian every step
             per = 4 * (K * kw) ** 2 + n * K * (K + 1) * 2
-            n_keep = min(M if self.path == "warm" else M * nC, max(0, (budget // 4 - extra) // per))
-            hessians = HessianCache(n_keep)
-            extra += n_keep * per
+            keep = min(KEEP_BYTES, (M if self.path == "warm" else M * nC) * per, max(0, budget // 4 - extra))
+            hessians = HessianCache(keep)
+            extra += keep
         data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra,
                         resident_bytes=self.resident_design_bytes)
         self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
