@@ -73,9 +73,10 @@ class HessianCache:
             self._bytes -= _nbytes(old)
         H, D_used = self._update(data, old, cols, D, torch.maximum(rowmax, DROP * top), int(kept.sum()))
         entry = (cols, H, D_used)
-        if self._bytes + _nbytes(entry) <= self.max_bytes:
+        size = _nbytes(entry)
+        if self._bytes + size <= self.max_bytes:
             self._entries[key] = entry
-            self._bytes += _nbytes(entry)
+            self._bytes += size
         out = H * Cj
         diag = torch.diagonal(out)
         diag += 1e-7 * diag.mean() + 1e-10

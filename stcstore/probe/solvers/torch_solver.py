@@ -139,6 +139,8 @@ class TorchSolver(Solver):
         K = n_outputs(n_classes)
         method = self._method_for(K, n, d)
         M, nC = masks_np.shape[0], len(Cs_t)
+        # problems solved at once: one C at a time on the warm path
+        at_once = M if self.path == "warm" else M * nC
         # Newton's dense systems: H, its support copy and a float64 copy for the fallback solve
         kw = min(d, n, self.max_working_set) + 1
         extra = 24 * (K * kw) ** 2 if method == "newton" else 0
@@ -148,10 +150,10 @@ class TorchSolver(Solver):
             # each problem's Hessian kept for its next step (and the next C's first), within KEEP_BYTES
             # and a quarter of the budget; a problem without one rebuilds its Hessian every step
             per = 4 * (K * kw) ** 2 + n * K * (K + 1) * 2
-            keep = min(KEEP_BYTES, (M if self.path == "warm" else M * nC) * per, max(0, budget // 4 - extra))
+            keep = min(KEEP_BYTES, at_once * per, max(0, budget // 4 - extra))
             hessians = HessianCache(keep)
             extra += keep
-        data = _prepare(X, y_np, n_classes, self._device, budget, M if self.path == "warm" else M * nC, extra,
+        data = _prepare(X, y_np, n_classes, self._device, budget, at_once, extra,
                         resident_bytes=self.resident_design_bytes)
         self.last_layout = {"budget": budget, "rows": data.rows, "n_chunks": data.n_chunks,
                             "resident": data._stager is None and data.source is None}
