@@ -87,11 +87,20 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# workers that extract (and extract_throughput's baselines, measured alike): they run as `stcstore extract` does
+EXTRACT_WORKERS = ("extract", "bare", "naive")
+
+
 def worker_dispatch(args: argparse.Namespace, workers: Mapping[str, Callable[[dict], dict]]) -> bool:
     """If this process is a worker, run it, write its JSON result, and return True."""
     if args.worker is None:
         return False
     spec = json.loads(args.spec)
+    if args.worker in EXTRACT_WORKERS:
+        # the OpenMP wait policy `stcstore extract` sets, before anything imports torch
+        from stcstore.cli.common import passive_openmp_waits
+
+        passive_openmp_waits()
     threads = spec.get("threads")
     if threads:
         import torch

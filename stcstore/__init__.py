@@ -1,14 +1,7 @@
 """stcstore: Sparsify-then-Classify on cached, pooled per-layer transformer activations."""
 
-import os as _os
 import sys as _sys
 import types as _types
-
-# Idle OpenMP workers of torch spin for a while by default; on small machines they then take
-# the cores our writer thread and sklearn's BLAS need (a small torch solve went from 0.1 s to
-# 3.4 s next to busy neighbours). Passive waiting only applies if torch is imported after us;
-# a value the user set wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import ExtractConfig, ProbeConfig
 from .errors import StcstoreError, UserError

@@ -9,7 +9,8 @@ import typer
 
 from ..config import DEFAULT_CODEC, ExtractConfig
 from .app import app
-from .common import STORAGE_OPTION_HELP, err_console, handle_errors, quiet_torch_cpp_logs, split_csv
+from .common import (STORAGE_OPTION_HELP, err_console, handle_errors, passive_openmp_waits, quiet_torch_cpp_logs,
+                     split_csv)
 
 _LAUNCH = "Start the ranks (instead of torchrun)"
 
@@ -50,6 +51,9 @@ def extract_cmd(
     master_port: Optional[int] = typer.Option(None, "--master-port", rich_help_panel=_LAUNCH, help="Static rendezvous: node 0's port (default 29500)."),
 ) -> None:
     """Run a model over a dataset and store pooled activations of every layer (resumable)."""
+    # both read once, when torch is imported (stcstore.extract imports it)
+    quiet_torch_cpp_logs()
+    passive_openmp_waits()  # the writer thread keeps its core
     from ..extract import extract
     from ..store.location import parse_storage_options
 
@@ -60,7 +64,6 @@ def extract_cmd(
         trust_remote_code=trust_remote_code, revision=revision, progress=not no_progress, device_map=device_map, codec=codec,
         storage_options=parse_storage_options(storage_option), break_lock=break_lock,
     )
-    quiet_torch_cpp_logs()  # before stcstore.extract imports torch, which reads the level once
     from ..extract.launch import LaunchSpec
 
     spec = LaunchSpec(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend, master_addr, master_port)
