@@ -232,7 +232,7 @@ print(seen[0] if seen else "torch not imported", code)
 def test_only_extract_asks_openmp_for_passive_waits_before_torch_loads(tmp_path, tiny_model, review_csv, args, env,
                                                                          expected):
     """Passive waits keep extraction's writer thread on its core; the probe needs workers that wake at once
-    (on two cores the whole default search took 847 s with them passive, 461 s without)."""
+    (on two cores the whole default search took 847 s with them passive, 501 s without)."""
     if args[0] == "extract":
         args = [*args, "--model", str(tiny_model), "--data", str(review_csv), "--store", str(tmp_path / "s.zarr")]
     e = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

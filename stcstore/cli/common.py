@@ -147,7 +147,7 @@ def passive_openmp_waits(environ: Optional[MutableMapping[str, str]] = None) -> 
     By default they spin for a while after each parallel region. During extraction that takes
     the cores our writer thread needs on a small machine. The probe is the opposite case: its
     many small ops per Newton step need workers that wake at once. Passive waits made the whole
-    default search take 847 s on two cores, against 461 s with spinning. So only `extract` asks
+    default search take 847 s on two cores, against 501 s with spinning. So only `extract` asks
     for passive waits.
     Does nothing once torch is imported (OpenMP reads the policy once) or when the user set one.
     """
