@@ -57,7 +57,22 @@ class HessianCache:
 
     def hessian(self, data: _Data, key: int, cols: torch.Tensor, a: torch.Tensor, Cj: float) -> torch.Tensor:
         """C * Hessian of the summed loss over [features cols (sorted), intercept], per class block, with a
-        tiny ridge: (K (k + 1))^2.
+        tiny ridge: (K (k + 1))^2; from problem `key`'s kept one where cheaper, kept for its next step."""
+        H, entry, updated = self.build(data, self.take(key), cols, a, Cj)
+        self.put(key, entry, updated)
+        return H
+
+    def take(self, key: int) -> Optional[tuple]:
+        """Remove and return problem `key`'s kept entry (None: it has none)."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= _nbytes(old)
+        return old
+
+    def build(self, data: _Data, old: Optional[tuple], cols: torch.Tensor, a: torch.Tensor, Cj: float
+              ) -> tuple[torch.Tensor, tuple, bool]:
+        """The scaled Hessian (see `hessian`), the entry to keep, and whether it was updated from `old`
+        (an entry `take` returned). Reads nothing shared but the design: problems may run on threads.
 
         d^2 loss / dz_c1 dz_c2 = a_c1 (delta_c1c2 - a_c2) (binary: a (1 - a)); `a` holds the
         probabilities (n, K) at the current weights. The ridge keeps the model strictly convex
@@ -68,50 +83,53 @@ class HessianCache:
         top = rowmax.max()
         kept = rowmax >= DROP * top
         D = _row_weights(a) * kept[:, None]
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= _nbytes(old)
-        H, D_used = self._update(data, old, cols, D, torch.maximum(rowmax, DROP * top), int(kept.sum()))
-        entry = (cols, H, D_used)
+        H, D_used, updated = _update(data, old, cols, D, torch.maximum(rowmax, DROP * top), int(kept.sum()))
+        out = H * Cj
+        diag = torch.diagonal(out)
+        diag += 1e-7 * diag.mean() + 1e-10
+        return out, (cols, H, D_used), updated
+
+    def put(self, key: int, entry: tuple, updated: bool) -> None:
+        """Keep problem `key`'s entry for its next step if it fits max_bytes; count how it was made."""
+        if updated:
+            self.updated += 1
+        else:
+            self.built += 1
         size = _nbytes(entry)
         if self._bytes + size <= self.max_bytes:
             self._entries[key] = entry
             self._bytes += size
-        out = H * Cj
-        diag = torch.diagonal(out)
-        diag += 1e-7 * diag.mean() + 1e-10
-        return out
 
-    def _update(self, data: _Data, old: Optional[tuple], cols: torch.Tensor, D: torch.Tensor, scale: torch.Tensor,
-                n_kept: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unscaled Hessian for row weights D on cols, from a cached one where that costs fewer rows."""
-        K = data.K
-        kj = int(cols.shape[0])
-        kk = kj + 1
-        if old is not None:
-            o_cols, o_H, o_D = old
-            changed = (D - o_D).abs().amax(dim=1) > STALE * scale
-            n_changed = int(changed.sum())
-            new = ~torch.isin(cols, o_cols)
-            n_new = int(new.sum())
-            # in row x column^2 products: changed rows on the upper tiles (0.56 of a full product),
-            # entering columns whole over every kept row, against every kept row on the tiles
-            if 0.56 * n_changed * kj + n_new * n_kept < 0.56 * n_kept * kj:
-                H = _carry(o_H, o_cols, cols, K)
-                D_used = o_D.clone()
-                if n_changed:
-                    D_used[changed] = D[changed]
-                    _add_rows(H, data, cols, D - o_D, changed, K, kk)
-                if n_new:
-                    _set_columns(H, data, cols, D_used, torch.nonzero(new)[:, 0], K, kk)
-                _mirror(H, K, kk)
-                self.updated += 1
-                return H, D_used
-        H = torch.zeros((K * kk, K * kk), device=D.device)
-        _add_rows(H, data, cols, D, D.abs().amax(dim=1) > 0, K, kk)
-        _mirror(H, K, kk)
-        self.built += 1
-        return H, D
+
+def _update(data: _Data, old: Optional[tuple], cols: torch.Tensor, D: torch.Tensor, scale: torch.Tensor,
+            n_kept: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The unscaled Hessian for row weights D on cols, from a kept one where that costs fewer rows;
+    with the row weights it holds and whether it was updated (not built whole)."""
+    K = data.K
+    kj = int(cols.shape[0])
+    kk = kj + 1
+    if old is not None:
+        o_cols, o_H, o_D = old
+        changed = (D - o_D).abs().amax(dim=1) > STALE * scale
+        n_changed = int(changed.sum())
+        new = ~torch.isin(cols, o_cols)
+        n_new = int(new.sum())
+        # in row x column^2 products: changed rows on the upper tiles (0.56 of a full product),
+        # entering columns whole over every kept row, against every kept row on the tiles
+        if 0.56 * n_changed * kj + n_new * n_kept < 0.56 * n_kept * kj:
+            H = _carry(o_H, o_cols, cols, K)
+            D_used = o_D.clone()
+            if n_changed:
+                D_used[changed] = D[changed]
+                _add_rows(H, data, cols, D - o_D, changed, K, kk)
+            if n_new:
+                _set_columns(H, data, cols, D_used, torch.nonzero(new)[:, 0], K, kk)
+            _mirror(H, K, kk)
+            return H, D_used, True
+    H = torch.zeros((K * kk, K * kk), device=D.device)
+    _add_rows(H, data, cols, D, D.abs().amax(dim=1) > 0, K, kk)
+    _mirror(H, K, kk)
+    return H, D, False
 
 
 def _nbytes(entry: tuple[torch.Tensor, ...]) -> int:

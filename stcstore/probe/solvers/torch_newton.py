@@ -13,6 +13,7 @@ from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
 from .torch_hessian import HessianCache
 from .torch_model import _inner_fista, _model_kkt, _polish
+from .torch_threads import ProblemThreads
 
 # a Newton direction counts as exact (for _settled) when its quadratic model's KKT conditions
 # hold to this, in units of the L1 penalty (|C x_j^T r| <= 1 at an optimal zero weight)
@@ -24,13 +25,13 @@ log = logging.getLogger(__name__)
 def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Tensor, b: torch.Tensor, *,
                   tol: float, max_iter: int, min_ws: int, max_ws: int, ws_growth: float, inner_max_iter: int,
                   inner_rtol: float, settle_tol: float = 0.0, patience: int = 2,
-                  hessians: Optional[HessianCache] = None) -> _Result:
+                  hessians: Optional[HessianCache] = None, threads: Optional[ProblemThreads] = None) -> _Result:
     """Proximal Newton with working sets for P problems at once; returns their solutions.
 
     A problem stops when its relative duality gap is at most tol, or when its objective has
     settled (`_settled`: a relative change of at most settle_tol; 0 turns that off).
     `hessians` keeps problems' Hessians from step to step (and from call to call: its keys are
-    the problems' indices); none kept by default.
+    the problems' indices); none kept by default. `threads` solves a step's large models side by side.
     """
     hessians = HessianCache(0) if hessians is None else hessians
     tr = _Tracker(W * mask[:, None, :], b)
@@ -66,7 +67,7 @@ def _solve_newton(data: _Data, C: torch.Tensor, mask: torch.Tensor, W: torch.Ten
         ws, complete = _working_sets(tr.W[idx], ev.G0 * C[idx][:, None, None].float(), mask[idx], min_ws, max_ws,
                                      ws_growth)
         last_obj[idx] = ev.primal
-        st, exact = _newton_step(data, tr, idx, C[idx], ev, ws, inner_max_iter, inner_rtol, hessians)
+        st, exact = _newton_step(data, tr, idx, C[idx], ev, ws, inner_max_iter, inner_rtol, hessians, threads)
         clean[idx] = complete & exact & (st == 1)
         stalled_t = st == 0
         if bool(stalled_t.any()):
@@ -158,30 +159,32 @@ def _working_sets(W: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, min_ws: 
 
 
 def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, ev: _Eval, ws: torch.Tensor,
-                 inner_max_iter: int, inner_rtol: float, hessians: HessianCache) -> tuple[torch.Tensor, torch.Tensor]:
+                 inner_max_iter: int, inner_rtol: float, hessians: HessianCache,
+                 threads: Optional[ProblemThreads] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One proximal Newton step for problems idx (in place in tr); returns the step taken (0: none)
     and whether each direction minimised its quadratic model exactly (to _MODEL_KKT_TOL).
 
     The quadratic models are solved problem by problem at their own size (padding them into
-    one batch made every problem pay for the largest working set and the slowest inner solve);
-    the passes over X before and after (gradients, line search) are batched.
+    one batch made every problem pay for the largest working set and the slowest inner solve),
+    on `threads` when they are large and the design is held whole (a streamed one fills one
+    shared buffer); the passes over X before and after (gradients, line search) are batched.
+    The kept Hessians are taken and put back in problem order, so what is kept does not depend
+    on which thread finished first.
     """
     K = data.K
     Wp, bp = tr.W[idx], tr.b[idx]
-    dW = torch.zeros_like(Wp)
-    db = torch.zeros_like(bp)
-    g_dot_d = torch.zeros(len(idx), dtype=torch.float64, device=Wp.device)
     gb = (ev.A - data.Y[:, None, :]).sum(0) * C[:, None].float()       # (p, K) intercept gradient
     sizes = _np((ws >= 0).sum(1)).tolist()
-    n_inner = []
-    exact = torch.zeros(len(idx), dtype=torch.bool, device=Wp.device)
     keys = _np(idx).tolist()
-    for j, kj in enumerate(sizes):
+    olds = [hessians.take(k) for k in keys]
+
+    def direction(j: int) -> tuple:
+        kj = sizes[j]
         cols = ws[j, :kj]                    # valid entries come first, sorted
         # near-exact Hessians only (HessianCache): on these ill-conditioned features a Hessian
         # reused whole from the previous step, subsampled rows or bfloat16 products all
         # multiplied the step count
-        H = hessians.hessian(data, keys[j], cols, ev.A[:, j, :], float(C[j]))
+        H, entry, updated = hessians.build(data, olds[j], cols, ev.A[:, j, :], float(C[j]))
         # coordinates: class by class, the kj working features then the intercept
         g = torch.cat([ev.G0[j][:, cols] * C[j].float(), gb[j][:, None]], dim=1).reshape(-1)
         w = torch.cat([Wp[j][:, cols], bp[j][:, None]], dim=1).reshape(-1)
@@ -190,17 +193,33 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
         c = g - H @ w
         v, it = _inner_fista(H, c, pen, w, inner_max_iter, inner_rtol)
         v = _polish(H, c, pen, v)
-        exact[j] = _model_kkt(H, c, pen, v) <= _MODEL_KKT_TOL
-        n_inner.append(it)
+        exact = _model_kkt(H, c, pen, v) <= _MODEL_KKT_TOL
         delta = v - w
-        g_dot_d[j] = (g.double() * delta.double()).sum()
-        delta = delta.view(K, kj + 1)
-        dW[j][:, cols] = delta[:, :kj]
-        db[j] = delta[:, kj]
+        return cols, delta.view(K, kj + 1), (g.double() * delta.double()).sum(), exact, it, entry, updated
+
+    order = range(len(sizes))
+    pooled = (threads is not None and data.device.type == "cpu" and data.source is None and data._stager is None
+              and threads.worth(sizes))
+    if pooled:
+        big_first = sorted(order, key=lambda j: -sizes[j])    # the last model to start is a small one
+        out = dict(zip(big_first, threads.map(direction, big_first)))
+    else:
+        out = {j: direction(j) for j in order}
+    dW = torch.zeros_like(Wp)
+    db = torch.zeros_like(bp)
+    g_dot_d = torch.zeros(len(idx), dtype=torch.float64, device=Wp.device)
+    exact = torch.zeros(len(idx), dtype=torch.bool, device=Wp.device)
+    n_inner = []
+    for j in order:
+        cols, delta, g_dot_d[j], exact[j], it, entry, updated = out[j]
+        hessians.put(keys[j], entry, updated)
+        n_inner.append(it)
+        dW[j][:, cols] = delta[:, :sizes[j]]
+        db[j] = delta[:, sizes[j]]
     st = _line_search(data, Wp, C, ev, dW, db, g_dot_d)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("newton step: C %s gap %s ws %s inner %s step %s", _np(C).tolist(), _np(ev.rel_gap).tolist(),
-                  sizes, n_inner, _np(st).tolist())
+        log.debug("newton step: C %s gap %s ws %s inner %s step %s%s", _np(C).tolist(), _np(ev.rel_gap).tolist(),
+                  sizes, n_inner, _np(st).tolist(), " (threads)" if pooled else "")
     tr.W[idx] = Wp + st[:, None, None] * dW
     tr.b[idx] = bp + st[:, None] * db
     return st, exact

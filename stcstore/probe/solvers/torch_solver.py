@@ -26,13 +26,15 @@ Float32 maths; objectives, duals and line-search differences in float64.
 Modules: torch_data (the design and the passes over it), torch_dual (objective, dual point,
 gap, bookkeeping), torch_newton and torch_fista (the two engines), torch_hessian (the Newton
 step's Hessian, updated between steps), torch_model (the Newton step's quadratic model and
-its solvers); this one holds the path.
+its solvers), torch_threads (a step's large models side by side on the CPU's threads); this
+one holds the path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -46,6 +48,7 @@ from .torch_dual import _better_start
 from .torch_fista import _solve_fista
 from .torch_hessian import KEEP_BYTES, HessianCache
 from .torch_newton import _solve_newton
+from .torch_threads import ProblemThreads
 
 __all__ = ["TorchSolver"]
 
@@ -171,37 +174,41 @@ class TorchSolver(Solver):
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
             init_b = torch.as_tensor(init[1], device=self._device)
         opts: dict[str, Any] = dict(tol=self.tol, max_iter=max_iter)
+        # on the CPU a step's large models run side by side, one per intra-op thread (torch_threads)
+        threads = ProblemThreads() if method == "newton" and self._device.type == "cpu" else None
         if method == "newton":
             opts.update(min_ws=self.min_working_set, max_ws=self.max_working_set, ws_growth=self.ws_growth,
                         inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol, settle_tol=self.settle_tol,
-                        hessians=hessians)
-        if self.path == "warm":
-            # smallest C first: its solution is sparse and cheap, and starts the next C close by
-            W = torch.zeros((M, K, d), device=self._device)
-            b = b_prior.expand(M, K).clone()
-            for ci in np.argsort(Cs_t, kind="stable"):
-                C = torch.full((M,), Cs_t[ci], dtype=torch.float64, device=self._device)
-                if init is not None:
-                    W, b = _better_start(data, C, (W, b), (init_W[:, ci], init_b[:, ci]))
-                res = engine(data, C, masks_t, W, b, **opts)
-                W, b = res.W, res.b
-                coef[:, ci], icpt[:, ci] = _np(res.W), _np(res.b)
-                obj[:, ci], gap[:, ci], n_iter[:, ci], settled[:, ci] = res.objective, res.gap, res.n_iter, res.settled
-        else:
-            P = M * nC
-            C = torch.tensor([Cs_t[ci] for _ in range(M) for ci in range(nC)], dtype=torch.float64,
-                             device=self._device)
-            mk = masks_t.repeat_interleave(nC, dim=0)
-            if init is None:
-                W0, b0 = torch.zeros((P, K, d), device=self._device), b_prior.expand(P, K).clone()
+                        hessians=hessians, threads=threads)
+        with threads or nullcontext():
+            if self.path == "warm":
+                # smallest C first: its solution is sparse and cheap, and starts the next C close by
+                W = torch.zeros((M, K, d), device=self._device)
+                b = b_prior.expand(M, K).clone()
+                for ci in np.argsort(Cs_t, kind="stable"):
+                    C = torch.full((M,), Cs_t[ci], dtype=torch.float64, device=self._device)
+                    if init is not None:
+                        W, b = _better_start(data, C, (W, b), (init_W[:, ci], init_b[:, ci]))
+                    res = engine(data, C, masks_t, W, b, **opts)
+                    W, b = res.W, res.b
+                    coef[:, ci], icpt[:, ci] = _np(res.W), _np(res.b)
+                    obj[:, ci], gap[:, ci] = res.objective, res.gap
+                    n_iter[:, ci], settled[:, ci] = res.n_iter, res.settled
             else:
-                W0, b0 = init_W.reshape(P, K, d).clone(), init_b.reshape(P, K).clone()
-            res = engine(data, C, mk, W0, b0, **opts)
-            coef[:] = _np(res.W).reshape(M, nC, K, d)
-            icpt[:] = _np(res.b).reshape(M, nC, K)
-            obj[:], gap[:], n_iter[:] = (res.objective.reshape(M, nC), res.gap.reshape(M, nC),
-                                         res.n_iter.reshape(M, nC))
-            settled[:] = res.settled.reshape(M, nC)
+                P = M * nC
+                C = torch.tensor([Cs_t[ci] for _ in range(M) for ci in range(nC)], dtype=torch.float64,
+                                 device=self._device)
+                mk = masks_t.repeat_interleave(nC, dim=0)
+                if init is None:
+                    W0, b0 = torch.zeros((P, K, d), device=self._device), b_prior.expand(P, K).clone()
+                else:
+                    W0, b0 = init_W.reshape(P, K, d).clone(), init_b.reshape(P, K).clone()
+                res = engine(data, C, mk, W0, b0, **opts)
+                coef[:] = _np(res.W).reshape(M, nC, K, d)
+                icpt[:] = _np(res.b).reshape(M, nC, K)
+                obj[:], gap[:], n_iter[:] = (res.objective.reshape(M, nC), res.gap.reshape(M, nC),
+                                             res.n_iter.reshape(M, nC))
+                settled[:] = res.settled.reshape(M, nC)
         if K > 1:
             # the softmax is invariant to a common shift of the intercepts: report them centred
             icpt -= icpt.mean(axis=-1, keepdims=True)
