@@ -88,20 +88,30 @@ def test_threaded_steps_reach_the_optimum_of_sequential_ones(n_classes, two_thre
             assert not np.any(threaded.coef[u, ci][:, ~cols])      # nothing outside the mask
 
 
-def test_a_streamed_design_keeps_its_models_on_one_thread(two_threads, monkeypatch) -> None:
-    """A design built row chunk by row chunk fills one shared buffer: no threads may read it."""
+def test_a_streamed_design_builds_rows_on_each_thread_with_the_same_optimum(two_threads, monkeypatch) -> None:
+    """A design built row chunk by row chunk (from raw float16 blocks, one in a scratch file): each
+    thread builds its rows into its own buffer, and the optimum is the one of the design held whole."""
+    from stcstore.probe.spill import RowFile
+
     X, y = make_data(400, 120, 2, seed=5)
     masks = np.ones((2, X.shape[1]), dtype=bool)
     masks[0, 60:] = False
+    raw = X.astype(np.float16)
     monkeypatch.setattr(torch_threads, "THREAD_MIN_WS", 1)
     monkeypatch.setattr(torch_data, "STREAM_CHUNK_BYTES", 4096)
     calls = _counting_map(monkeypatch)
-    design = StandardizedColumns([(X.astype(np.float16), np.zeros(X.shape[1]), np.ones(X.shape[1]))])
-    solver = TorchSolver(tol=1e-6)
-    streamed = solver.fit_path(design, y, 2, CS, masks=masks)
-    assert not solver.last_layout["resident"] and not calls
-    held = TorchSolver(tol=1e-6).fit_path(design.rows(0, len(y)), y, 2, CS, masks=masks)
-    assert calls                                                # the same design held whole: threads
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spilled = RowFile.write(Path(tmp) / "b.raw", np.ascontiguousarray(raw[:, 70:]))
+        design = StandardizedColumns([(raw[:, :70], np.zeros(70), np.ones(70)),
+                                      (spilled, np.zeros(50), np.ones(50))])
+        solver = TorchSolver(tol=1e-6)
+        streamed = solver.fit_path(design, y, 2, CS, masks=masks)
+        assert not solver.last_layout["resident"] and solver.last_layout["n_chunks"] > 1 and calls
+        spilled.close()
+    held = TorchSolver(tol=1e-6).fit_path(raw.astype(np.float32), y, 2, CS, masks=masks)
     for u in range(2):
         for ci, C in enumerate(CS):
             f_s = l1_logistic_objective(X, y, 2, streamed.coef[u, ci], streamed.intercept[u, ci], C)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -50,6 +51,7 @@ class RowFile:
         self.dtype = np.dtype(dtype)
         self._width = self._shape[1] if width is None else int(width)
         self._fd: Optional[int] = None
+        self._opening = threading.Lock()    # threads may read at once: one descriptor for all
 
     @classmethod
     def write(cls, path: Path, array: np.ndarray) -> "RowFile":
@@ -81,12 +83,16 @@ class RowFile:
         out = np.empty((stop - start, m), dtype=self.dtype)
         if out.size == 0:
             return out
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+        fd = self._fd
+        if fd is None:
+            with self._opening:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                fd = self._fd
         buf = memoryview(out).cast("B")
         offset, done = start * m * self.dtype.itemsize, 0
         while done < len(buf):
-            got = os.preadv(self._fd, [buf[done:]], offset + done)
+            got = os.preadv(fd, [buf[done:]], offset + done)
             if got <= 0:
                 raise OSError(f"scratch file {self.path} is shorter than expected")
             done += got

@@ -9,6 +9,7 @@ into a buffer of bounded size. Solvers that need a matrix get one from `np.asarr
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -40,7 +41,8 @@ class StandardizedColumns:
         self.ndim = 2
         self._mean = np.concatenate([m for _, m, _ in self.parts]) if self.parts else np.zeros(0, np.float32)
         self._inv = np.concatenate([i for _, _, i in self.parts]) if self.parts else np.zeros(0, np.float32)
-        self._plan: Optional[tuple] = None    # (cols object, its column plan)
+        # per thread (a Newton step's models may build rows on several): (cols object, its column plan)
+        self._plans = threading.local()
 
     @property
     def nbytes(self) -> int:
@@ -74,10 +76,12 @@ class StandardizedColumns:
     def _column_plan(self, cols: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
         """Per block: (block, output positions, block columns) of `cols`, and their mean and 1 / scale.
 
-        Kept for the last `cols` object given: a pass asks for the same columns chunk after chunk.
+        Kept, per thread, for the last `cols` object given: a pass asks for the same columns chunk
+        after chunk.
         """
-        if self._plan is not None and self._plan[0] is cols:
-            return self._plan[1]
+        last = getattr(self._plans, "last", None)
+        if last is not None and last[0] is cols:
+            return last[1]
         c = np.asarray(cols, dtype=np.int64)
         part = np.searchsorted(self.offsets, c, side="right") - 1
         plan = []
@@ -87,8 +91,8 @@ class StandardizedColumns:
             run = len(sel) and sel[-1] - sel[0] + 1 == len(sel)
             plan.append((int(p), slice(int(sel[0]), int(sel[-1]) + 1) if run else torch.from_numpy(sel),
                          c[sel] - self.offsets[p]))
-        self._plan = (cols, (plan, self._mean[c], self._inv[c]))
-        return self._plan[1]
+        self._plans.last = (cols, (plan, self._mean[c], self._inv[c]))
+        return self._plans.last[1]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.rows(0, self.shape[0])

@@ -10,6 +10,7 @@ pinned staging buffers. Results do not depend on the chunking beyond float32 sum
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -47,9 +48,10 @@ class _Data:
     device: torch.device = torch.device("cpu")
     rows: int = 1 << 62    # rows per chunk of every pass over X
     _stager: Optional["_Stager"] = field(default=None, repr=False)
-    # a design built row chunk by row chunk on the host (X is None then), into `_host`
+    # a design built row chunk by row chunk on the host (X is None then), into a buffer per
+    # thread (a Newton step's models may run on several: torch_threads)
     source: Optional[StandardizedColumns] = field(default=None, repr=False)
-    _host: Optional[np.ndarray] = field(default=None, repr=False)
+    _hosts: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def binary(self) -> bool:
@@ -74,7 +76,8 @@ class _Data:
         """(start, stop, rows of X on the device) for each row chunk, in order; only `cols` if given.
 
         `max_rows` makes chunks smaller than the layout's (to bound what a caller derives from
-        one). A chunk is valid until the next one is asked for (a built design reuses one buffer).
+        one). A chunk is valid until the same thread asks for the next one (a built design reuses
+        one buffer per thread).
         """
         n = self.n
         step = self.rows if max_rows is None else max(1, min(self.rows, int(max_rows)))
@@ -86,11 +89,19 @@ class _Data:
         for i, s in enumerate(range(0, n, step)):
             e = min(s + step, n)
             if self.source is not None:
-                Xc = torch.from_numpy(self.source.rows(s, e, c, out=self._host[:(e - s) * k].reshape(e - s, k)))
+                Xc = torch.from_numpy(self.source.rows(s, e, c, out=self._host()[:(e - s) * k].reshape(e - s, k)))
                 yield s, e, (Xc if self._stager is None else self._stager.fetch(i, Xc))
                 continue
             Xc = self.X[s:e] if self._stager is None else self._stager.fetch(i, self.X[s:e])
             yield s, e, (Xc if cols is None else Xc.index_select(1, cols))
+
+
+    def _host(self) -> np.ndarray:
+        """This thread's buffer for rows built from `source` (rows x d float32, made on first use)."""
+        buf = getattr(self._hosts, "buf", None)
+        if buf is None:
+            buf = self._hosts.buf = np.empty(self.rows * self.d, dtype=np.float32)
+        return buf
 
 
 class _Stager:
@@ -209,8 +220,7 @@ def _prepare(X: Any, y: np.ndarray, n_classes: int, device: torch.device, budget
     Y = yt[:, None].float() if K == 1 else F.one_hot(yt, n_classes).float()
     data = _Data(X=Xt, y=yt, Y=Y, K=K, colsum=torch.zeros(d, dtype=torch.float64, device=device),
                  XtY=torch.zeros((K, d), dtype=torch.float64, device=device), ybar=Y.double().mean(0),
-                 device=device, rows=rows, _stager=stager, source=source,
-                 _host=None if source is None else np.empty(rows * d, dtype=np.float32))
+                 device=device, rows=rows, _stager=stager, source=source)
     finite = torch.ones((), dtype=torch.bool, device=device)
     for s, e, Xc in data.chunks():
         # sub-chunks: a float64 copy of a whole chunk would double the probe's peak memory

@@ -166,8 +166,8 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
 
     The quadratic models are solved problem by problem at their own size (padding them into
     one batch made every problem pay for the largest working set and the slowest inner solve),
-    on `threads` when they are large and the design is held whole (a streamed one fills one
-    shared buffer); the passes over X before and after (gradients, line search) are batched.
+    side by side on the CPU's `threads` when they are large; the passes over X before and after
+    (gradients, line search) are batched.
     The kept Hessians are taken and put back in problem order, so what is kept does not depend
     on which thread finished first.
     """
@@ -198,8 +198,7 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
         return cols, delta.view(K, kj + 1), (g.double() * delta.double()).sum(), exact, it, entry, updated
 
     order = range(len(sizes))
-    pooled = (threads is not None and data.device.type == "cpu" and data.source is None and data._stager is None
-              and threads.worth(sizes))
+    pooled = threads is not None and data.device.type == "cpu" and threads.worth(sizes)
     if pooled:
         big_first = sorted(order, key=lambda j: -sizes[j])    # the last model to start is a small one
         out = dict(zip(big_first, threads.map(direction, big_first)))
