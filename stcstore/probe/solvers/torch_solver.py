@@ -144,9 +144,12 @@ class TorchSolver(Solver):
         M, nC = masks_np.shape[0], len(Cs_t)
         # problems solved at once: one C at a time on the warm path
         at_once = M if self.path == "warm" else M * nC
-        # Newton's dense systems: H, its support copy and a float64 copy for the fallback solve
+        # on the CPU a step's large models run side by side, one per intra-op thread (torch_threads)
+        threads = ProblemThreads() if method == "newton" and self._device.type == "cpu" else None
+        # Newton's dense systems: H, its support copy and a float64 copy for the fallback solve,
+        # for as many models as run at once
         kw = min(d, n, self.max_working_set) + 1
-        extra = 24 * (K * kw) ** 2 if method == "newton" else 0
+        extra = 24 * (K * kw) ** 2 * (threads.n_threads if threads else 1) if method == "newton" else 0
         budget = resolve_budget(str(self._device), self.memory_budget)
         hessians = None
         if method == "newton":
@@ -174,8 +177,6 @@ class TorchSolver(Solver):
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
             init_b = torch.as_tensor(init[1], device=self._device)
         opts: dict[str, Any] = dict(tol=self.tol, max_iter=max_iter)
-        # on the CPU a step's large models run side by side, one per intra-op thread (torch_threads)
-        threads = ProblemThreads() if method == "newton" and self._device.type == "cpu" else None
         if method == "newton":
             opts.update(min_ws=self.min_working_set, max_ws=self.max_working_set, ws_growth=self.ws_growth,
                         inner_max_iter=self.inner_max_iter, inner_rtol=self.inner_rtol, settle_tol=self.settle_tol,
