@@ -184,7 +184,9 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
         # near-exact Hessians only (HessianCache): on these ill-conditioned features a Hessian
         # reused whole from the previous step, subsampled rows or bfloat16 products all
         # multiplied the step count
-        H, entry, updated = hessians.build(data, olds[j], cols, ev.A[:, j, :], float(C[j]))
+        old, olds[j] = olds[j], None         # freed once used: the next build reuses its memory
+        H, entry, updated = hessians.build(data, old, cols, ev.A[:, j, :], float(C[j]))
+        del old
         # coordinates: class by class, the kj working features then the intercept
         g = torch.cat([ev.G0[j][:, cols] * C[j].float(), gb[j][:, None]], dim=1).reshape(-1)
         w = torch.cat([Wp[j][:, cols], bp[j][:, None]], dim=1).reshape(-1)
