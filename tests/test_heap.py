@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,35 @@ def test_solving_reuses_freed_buffers_and_reading_returns_them() -> None:
     assert pinned > 40 * 100
     assert inside < pinned / 10
     assert after > pinned / 2
+
+
+_HEAPS = """
+import ctypes, sys, threading
+import numpy as np
+if sys.argv[1] == "tuned":
+    from stcstore.probe.heap import return_freed_blocks_to_os
+    return_freed_blocks_to_os()
+def work():
+    keep = [np.ones(2000) for _ in range(50)]    # 16 KB buffers: malloc'd from the thread's heap
+go = [threading.Thread(target=work) for _ in range(3)]
+for t in go: t.start()
+for t in go: t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fdopen.restype = ctypes.c_void_p
+out = libc.fdopen(1, b"w")
+libc.malloc_info(0, ctypes.c_void_p(out))
+libc.fflush(ctypes.c_void_p(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_threads_share_one_heap_once_tuned() -> None:
+    """Solver threads (torch_threads) free temporaries the others can then reuse: one glibc arena."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    heaps = {}
+    for case in ("plain", "tuned"):
+        out = subprocess.run([sys.executable, "-c", _HEAPS, case], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        heaps[case] = out.stdout.count("<heap nr=")
+    assert heaps["plain"] > 1          # glibc's default: a heap per thread that allocates
+    assert heaps["tuned"] == 1
