@@ -95,7 +95,6 @@ class _Data:
             Xc = self.X[s:e] if self._stager is None else self._stager.fetch(i, self.X[s:e])
             yield s, e, (Xc if cols is None else Xc.index_select(1, cols))
 
-
     def _host(self) -> np.ndarray:
         """This thread's buffer for rows built from `source` (rows x d float32, made on first use)."""
         buf = getattr(self._hosts, "buf", None)
