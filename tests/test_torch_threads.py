@@ -117,3 +117,26 @@ def test_a_streamed_design_builds_rows_on_each_thread_with_the_same_optimum(two_
             f_s = l1_logistic_objective(X, y, 2, streamed.coef[u, ci], streamed.intercept[u, ci], C)
             f_h = l1_logistic_objective(X, y, 2, held.coef[u, ci], held.intercept[u, ci], C)
             assert f_s == pytest.approx(f_h, rel=1e-4)
+
+
+def test_threads_build_rows_of_a_streamed_design_into_buffers_of_their_own(monkeypatch) -> None:
+    """Two threads each hold a row chunk of one streamed design while the other builds its own."""
+    X, y = make_data(300, 50, 2, seed=1)
+    monkeypatch.setattr(torch_data, "STREAM_CHUNK_BYTES", 4096)
+    data = torch_data._prepare(StandardizedColumns([(X, np.zeros(50), np.ones(50))]), y, 2, torch.device("cpu"))
+    assert data.source is not None and data.n_chunks > 1
+    both = threading.Barrier(2)
+    same: dict[str, bool] = {}
+
+    def read(name: str, cols: list[int]) -> None:
+        s, e, Xc = next(data.chunks(torch.as_tensor(cols)))
+        both.wait(timeout=30)            # the other thread has built its chunk too
+        same[name] = bool(np.array_equal(Xc.numpy(), X[s:e][:, cols]))
+
+    go = [threading.Thread(target=read, args=("a", list(range(0, 20)))),
+          threading.Thread(target=read, args=("b", list(range(30, 50))))]
+    for t in go:
+        t.start()
+    for t in go:
+        t.join()
+    assert same == {"a": True, "b": True}
