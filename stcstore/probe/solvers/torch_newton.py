@@ -200,7 +200,7 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
         return cols, delta.view(K, kj + 1), (g.double() * delta.double()).sum(), exact, it, entry, updated
 
     order = range(len(sizes))
-    pooled = threads is not None and data.device.type == "cpu" and threads.worth(sizes)
+    pooled = threads is not None and threads.worth(sizes)     # the solver makes threads on the CPU only
     if pooled:
         big_first = sorted(order, key=lambda j: -sizes[j])    # the last model to start is a small one
         out = dict(zip(big_first, threads.map(direction, big_first)))
