@@ -89,6 +89,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 # workers that extract (and extract_throughput's baselines, measured alike): they run as `stcstore extract` does
 EXTRACT_WORKERS = ("extract", "bare", "naive")
+# workers that probe: they run as `stcstore probe` does
+PROBE_WORKERS = ("probe",)
 
 
 def worker_dispatch(args: argparse.Namespace, workers: Mapping[str, Callable[[dict], dict]]) -> bool:
@@ -101,6 +103,11 @@ def worker_dispatch(args: argparse.Namespace, workers: Mapping[str, Callable[[di
         from stcstore.cli.common import passive_openmp_waits
 
         passive_openmp_waits()
+    if args.worker in PROBE_WORKERS:
+        # the heap tuning `stcstore probe` makes before it searches
+        from stcstore.heap import return_freed_blocks_to_os
+
+        return_freed_blocks_to_os()
     threads = spec.get("threads")
     if threads:
         import torch

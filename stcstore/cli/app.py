@@ -68,14 +68,17 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", is_eager=True, expose_value=False, callback=_print_version,
                                  help="Print the version and exit."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to stderr (-vv: debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors."),
 ) -> None:
     """Sparsify-then-Classify on cached transformer activations."""
-    from .common import setup_logging
+    from .common import command_process_settings, setup_logging
 
+    # before logging set-up imports libraries that start threads (NumPy's BLAS)
+    command_process_settings(ctx.invoked_subcommand)
     # errors must stay one line on stderr, so routine messages need -v
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     setup_logging(logging.ERROR if quiet else level)

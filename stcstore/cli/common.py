@@ -15,7 +15,8 @@ from rich.text import Text
 from ..errors import StcstoreError, UserError
 
 __all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command",
-           "STORAGE_OPTION_HELP", "store_location", "quiet_torch_cpp_logs", "passive_openmp_waits"]
+           "STORAGE_OPTION_HELP", "store_location", "quiet_torch_cpp_logs", "passive_openmp_waits",
+           "command_process_settings"]
 
 
 def _console(stderr: bool) -> Console:
@@ -139,6 +140,18 @@ def self_command() -> str:
     if script.is_file():
         return shlex.quote(str(script.absolute()))
     return f"{shlex.quote(sys.executable)} -m stcstore"
+
+
+def command_process_settings(command: Optional[str]) -> None:
+    """The process settings a command makes before any library starts threads.
+
+    `probe` tunes glibc's heap (stcstore.heap): large searches keep their peak memory bounded, and
+    threads started from here on share one heap. The library itself changes no process setting.
+    """
+    if command == "probe":
+        from ..heap import return_freed_blocks_to_os
+
+        return_freed_blocks_to_os()
 
 
 def passive_openmp_waits(environ: Optional[MutableMapping[str, str]] = None) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import StoreError
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
-from .heap import reuse_heap_while_solving
+from ..heap import reuse_heap_while_solving
 from .solvers.lazy import StandardizedColumns, as_matrix
 from .splits import SplitPlan
 from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns

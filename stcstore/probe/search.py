@@ -38,7 +38,6 @@ from ..store.reader import RunReader
 from .aggregate import site_choices
 from .baselines import concat_baseline as _concat_baseline
 from .baselines import layer_baselines
-from .heap import return_freed_blocks_to_os
 from .candidates import SELECTION_ORDER
 from .checkpoints import LayerFitCache
 from .crossval import cv_candidate, cv_layer_scores, cv_plans
@@ -151,11 +150,12 @@ def run_probe(config: ProbeConfig, *, concat_baseline: Optional[bool] = None, so
     baseline holds every layer of one site/pool in memory. `solver` replaces the one
     `config.backend` picks (any `Solver`). An experiment of the same name and settings resumes
     (or is returned when finished); other settings are refused unless `config.overwrite`.
+    Process settings are the caller's: the `probe` and `demo` commands first call
+    `stcstore.heap.return_freed_blocks_to_os` (it bounds the peak memory of large searches).
     """
     timer = _Timer()
     t_start = time.perf_counter()
     config = config.validate()
-    return_freed_blocks_to_os()
     want_concat = bool(getattr(config, "concat_baseline", True) if concat_baseline is None else concat_baseline)
     name = _experiment_name(config)
     out_extra = Path(config.out).expanduser() if config.out else None

@@ -1,4 +1,4 @@
-"""glibc heap tuning for a probe: freed blocks go back to the OS, while solver temporaries are reused."""
+"""glibc heap tuning for a probe process: freed blocks go back to the OS, while solver temporaries are reused."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def return_freed_blocks_to_os() -> None:
     buffers (read slabs, float64 statistics temporaries) come from the heap and stay resident,
     fragmented, between layers: peak RSS then grew by about twice a block's size from N to 4N
     rows. A fixed threshold keeps the peak at one block plus the solver. Threads share one
-    heap (_ARENAS) unless MALLOC_ARENA_MAX is set. Process-wide and harmless elsewhere; a
-    no-op off glibc.
+    heap (_ARENAS) unless MALLOC_ARENA_MAX is set. Process-wide, so the library never calls it:
+    the `probe` command does (cli.common.command_process_settings), before NumPy's BLAS starts
+    threads; a program that calls run_probe may too. A no-op off glibc.
     """
     global _libc
     if not sys.platform.startswith("linux"):
