@@ -25,6 +25,7 @@ __all__ = [
     "Float16OverflowError",
     "MissingDependencyError",
     "MemoryBudgetError",
+    "ScratchSpaceError",
 ]
 
 
@@ -98,3 +99,7 @@ class MissingDependencyError(UserError, ImportError):
 
 class MemoryBudgetError(UserError, MemoryError):
     """A fit ran out of host or device memory; the message names the option that makes it fit."""
+
+
+class ScratchSpaceError(UserError, OSError):
+    """The disk of the probe's scratch folder has no room for the columns it must spill."""

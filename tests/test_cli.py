@@ -240,3 +240,32 @@ def test_only_extract_asks_openmp_for_passive_waits_before_torch_loads(tmp_path,
     out = subprocess.run([sys.executable, "-c", _POLICY_AT_TORCH_IMPORT, *args], capture_output=True, text=True,
                          env=e, timeout=300)
     assert out.stdout.split()[-2:] == expected.split(), out.stderr[-2000:]
+
+
+_ARGS_SMALL_PROBE = ["--label", "sentiment", "--split-column", "fold", "--c-grid", "0.1", "--eta-grid", "1",
+                     "--no-progress", "--no-plots", "--backend", "sklearn"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ")
+def test_a_full_disk_is_one_line_and_the_probe_resumes_after(tmp_path) -> None:
+    """A write that finds no room (here: the file-size limit, EFBIG) ends the command with what to do, exit 2."""
+    import resource
+    import signal
+
+    from test_probe import build_store
+
+    store = build_store(tmp_path / "s.zarr", {"train": 300}, sites=("hidden",), pools=("mean",))
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # the write fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    args = [sys.executable, "-m", "stcstore", "probe", "--store", str(store), "--name", "full", *_ARGS_SMALL_PROBE]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no room on the disk"), out.stderr[-3000:]
+    assert "(File too large): raise the file-size limit (ulimit -f), then rerun the same command to resume" in lines[0]
+    again = cli("probe", "--store", store, "--name", "full", *_ARGS_SMALL_PROBE)
+    assert again.returncode == 0, again.stderr
+    assert (store / "run0" / "probes" / "full" / "report.json").is_file()

@@ -85,3 +85,29 @@ def test_probe_spilling_everything_reports_the_same(tmp_path, monkeypatch) -> No
     assert disk["baselines"]["all_layers_concat"] is not None   # the concat baseline spills too
     for key in ("stc", "baselines"):
         assert disk[key] == mem[key]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_stops_a_spill_with_what_to_do() -> None:
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    from stcstore.errors import ScratchSpaceError, UserError
+
+    with pytest.raises(ScratchSpaceError) as info:
+        RowFile.write("/dev/full", np.ones((64, 8), np.float16))
+    assert isinstance(info.value, UserError) and isinstance(info.value, OSError)
+    msg = str(info.value)
+    assert "/dev" in msg and "1.0 KiB" in msg and "No space left" in msg and "TMPDIR" in msg and "rerun the same command" in msg, msg
+
+
+def test_a_spill_larger_than_the_free_space_is_refused_before_it_writes() -> None:
+    from stcstore.errors import ScratchSpaceError
+
+    with Scratch(in_memory_bytes=0) as scratch:
+        scratch.file(np.ones((4, 4), np.float16))             # makes the folder
+        folder = scratch._dir
+        free = __import__("shutil").disk_usage(folder).free
+        # a view as large as twice the free space (nothing behind it is allocated)
+        huge = np.broadcast_to(np.zeros(1, np.float16), (2, free + 8))
+        with pytest.raises(ScratchSpaceError, match="free disk space there or set TMPDIR"):
+            scratch.file(huge)
+        assert sorted(p.name for p in folder.iterdir()) == ["00001.cols.raw"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -70,7 +71,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         pass
 
 
-def print_error(exc: BaseException) -> None:
+def print_error(exc: "BaseException | str") -> None:
     """The one stderr line of an error: 'error: <message>', the message printed as it is."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)))
 
@@ -84,8 +85,16 @@ _INTERRUPTED = {
 }
 
 
+# write errors that mean a disk (or the user's quota or file-size limit) is full
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def handle_errors(fn: F) -> F:
-    """Turn a user error into one stderr line and exit 2, any other stcstore error into exit 1."""
+    """Turn a user error into one stderr line and exit 2, any other stcstore error into exit 1.
+
+    A full disk counts as the user's to fix: every write of a store or an experiment is
+    atomic or resumed, so the line says to free space and rerun.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -100,6 +109,14 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print(f"interrupted: {_INTERRUPTED.get(fn.__name__, 'nothing was written')}")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            then = _INTERRUPTED.get(fn.__name__, "rerun the same command")
+            fix = "raise the file-size limit (ulimit -f)" if exc.errno == errno.EFBIG else "free disk space"
+            print_error(f"no room on the disk{where} ({exc.strerror}): {fix}, then {then}")
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 

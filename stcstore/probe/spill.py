@@ -11,6 +11,7 @@ by the next probe that spills.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -20,11 +21,26 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..errors import ScratchSpaceError
+from .memory import format_bytes
+
 __all__ = ["RowFile", "Scratch", "IN_MEMORY_BYTES"]
 
 # kept columns up to this size (all layers of a pool, train and val rows) stay in memory
 IN_MEMORY_BYTES = 64 << 20
 _PREFIX = "stcstore-probe-"
+
+
+# write errors that mean the scratch folder's disk (or the user's quota or file-size limit) is full
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_room(folder: Path, nbytes: int, why: str) -> ScratchSpaceError:
+    """The error of a spill that does not fit: where, how much, and what to do."""
+    return ScratchSpaceError(
+        f"no room for {format_bytes(nbytes)} of the probe's scratch files in {folder} ({why}): free disk "
+        f"space there or set TMPDIR to a folder on a disk with room, then rerun the same command to resume"
+    )
 
 
 def _remove_orphans() -> None:
@@ -57,9 +73,14 @@ class RowFile:
     def write(cls, path: Path, array: np.ndarray) -> "RowFile":
         """Store `array` (2-D) in a new file and return its reader."""
         a = np.ascontiguousarray(array)
-        with open(path, "wb") as fh:
-            if a.size:
-                fh.write(memoryview(a).cast("B"))
+        try:
+            with open(path, "wb") as fh:
+                if a.size:
+                    fh.write(memoryview(a).cast("B"))
+        except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                raise _no_room(Path(path).parent, a.nbytes, exc.strerror) from None
+            raise
         return cls(path, a.shape, a.dtype)
 
     @property
@@ -132,7 +153,16 @@ class Scratch:
             _remove_orphans()
             self._dir = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         self._n += 1
-        return RowFile.write(self._dir / f"{self._n:05d}.{name}.raw", array)
+        # checked first: a search that would fill the disk stops before it writes, with the fix
+        free = shutil.disk_usage(self._dir).free
+        if array.nbytes > free:
+            raise _no_room(self._dir, array.nbytes, f"{format_bytes(free)} free")
+        path = self._dir / f"{self._n:05d}.{name}.raw"
+        try:
+            return RowFile.write(path, array)
+        except ScratchSpaceError:
+            path.unlink(missing_ok=True)    # what did fit only takes room from the rest of the disk
+            raise
 
     def close(self) -> None:
         """Remove every scratch file."""
