@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stcstore.probe.solvers.torch_data import _prepare
-from stcstore.probe.solvers.torch_hessian import DROP, STALE, HessianCache
+from stcstore.probe.solvers.torch_hessian import DROP, STALE, HessianCache, build_hessians, scaled
 from stcstore.probe.solvers.torch_model import _Factor
 
 N, D = 600, 40
@@ -81,6 +81,40 @@ def test_an_updated_hessian_equals_a_rebuild(K) -> None:
     H = cache.hessian(data, 5, torch.as_tensor(cols2), at(a2), 2.0)
     assert cache.updated == 2
     _close(H, _exact(X, cols2, a2, 2.0))
+
+
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_one_pass_builds_every_problem_of_a_step(K, streamed, monkeypatch) -> None:
+    """Nested working sets (a path's masks), one problem updated from its old entry with columns that
+    left and entered, one built afresh, one on every column: each is its own float64 Hessian.
+    (Rows that move between steps: test_an_updated_hessian_equals_a_rebuild.)"""
+    from stcstore.probe.solvers import torch_data
+    from stcstore.probe.solvers.lazy import StandardizedColumns
+
+    rng, X, data = _setup(K, seed=4)
+    if streamed:
+        # the design as the search holds it: raw blocks, rows built a chunk at a time on the union
+        raw = X.astype(np.float16)
+        X = raw.astype(np.float32)
+        parts = [(raw[:, :15], np.zeros(15), np.ones(15)), (raw[:, 15:], np.zeros(D - 15), np.ones(D - 15))]
+        y = rng.integers(0, max(K, 2), size=N)
+        monkeypatch.setattr(torch_data, "STREAM_CHUNK_BYTES", 16 * D * 4)     # 16-row chunks, rebuilt every pass
+        data = _prepare(StandardizedColumns(parts), y, 2 if K == 1 else K, torch.device("cpu"))
+        assert data.source is not None
+    at = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    a_new = _probs(rng, K)
+    cols = [np.arange(0, 12), np.r_[np.arange(2, 20), np.arange(25, 30)], np.arange(D)]
+    cache = HessianCache(1 << 30)
+    cache.hessian(data, 1, torch.as_tensor(np.arange(0, 22)), at(a_new), 1.0)
+    olds = [None, cache.take(1), None]
+    A = np.stack([_probs(rng, K), a_new, _probs(rng, K)], axis=1)       # (n, P, K)
+    built = build_hessians(data, olds, [torch.as_tensor(c) for c in cols], at(A))
+    assert olds == [None, None, None]                                     # consumed
+    assert [updated for _, updated in built] == [False, True, False]
+    for j, ((c, H, _), _) in enumerate(built):
+        assert np.array_equal(c.numpy(), cols[j])
+        _close(scaled((c, H, None), 0.5), _exact(X, cols[j], A[:, j], 0.5))
 
 
 def test_rows_within_stale_keep_their_weight_and_most_rows_moving_rebuilds() -> None:

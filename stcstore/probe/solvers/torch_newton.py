@@ -11,7 +11,7 @@ import torch
 from .torch_data import _Data, _logits, _loss64, _np
 from .torch_dual import _Eval, _evaluate, _Result, _StopRule, _Tracker
 from .torch_fista import _solve_fista
-from .torch_hessian import HessianCache
+from .torch_hessian import HessianCache, build_hessians, scaled
 from .torch_model import _inner_fista, _model_kkt, _polish
 from .torch_threads import ProblemThreads
 
@@ -164,7 +164,8 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
     """One proximal Newton step for problems idx (in place in tr); returns the step taken (0: none)
     and whether each direction minimised its quadratic model exactly (to _MODEL_KKT_TOL).
 
-    The quadratic models are solved problem by problem at their own size (padding them into
+    The Hessians are built first, in one pass over X's rows for all problems (build_hessians).
+    The quadratic models are then solved problem by problem at their own size (padding them into
     one batch made every problem pay for the largest working set and the slowest inner solve),
     side by side on the CPU's `threads` when they are large; the passes over X before and after
     (gradients, line search) are batched.
@@ -176,17 +177,16 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
     gb = (ev.A - data.Y[:, None, :]).sum(0) * C[:, None].float()       # (p, K) intercept gradient
     sizes = _np((ws >= 0).sum(1)).tolist()
     keys = _np(idx).tolist()
-    olds = [hessians.take(k) for k in keys]
+    # near-exact Hessians only (HessianCache): on these ill-conditioned features a Hessian
+    # reused whole from the previous step, subsampled rows or bfloat16 products all multiplied
+    # the step count. Valid working-set entries come first, sorted.
+    built = build_hessians(data, [hessians.take(k) for k in keys], [ws[j, :sizes[j]] for j in range(len(keys))],
+                           ev.A, threads)
 
     def direction(j: int) -> tuple:
         kj = sizes[j]
-        cols = ws[j, :kj]                    # valid entries come first, sorted
-        # near-exact Hessians only (HessianCache): on these ill-conditioned features a Hessian
-        # reused whole from the previous step, subsampled rows or bfloat16 products all
-        # multiplied the step count
-        old, olds[j] = olds[j], None         # freed once used: the next build reuses its memory
-        H, entry, updated = hessians.build(data, old, cols, ev.A[:, j, :], float(C[j]))
-        del old
+        cols = ws[j, :kj]
+        H = scaled(built[j][0], float(C[j]))
         # coordinates: class by class, the kj working features then the intercept
         g = torch.cat([ev.G0[j][:, cols] * C[j].float(), gb[j][:, None]], dim=1).reshape(-1)
         w = torch.cat([Wp[j][:, cols], bp[j][:, None]], dim=1).reshape(-1)
@@ -197,7 +197,7 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
         v = _polish(H, c, pen, v)
         exact = _model_kkt(H, c, pen, v) <= _MODEL_KKT_TOL
         delta = v - w
-        return cols, delta.view(K, kj + 1), (g.double() * delta.double()).sum(), exact, it, entry, updated
+        return cols, delta.view(K, kj + 1), (g.double() * delta.double()).sum(), exact, it
 
     order = range(len(sizes))
     pooled = threads is not None and threads.worth(sizes)     # the solver makes threads on the CPU only
@@ -212,8 +212,8 @@ def _newton_step(data: _Data, tr: _Tracker, idx: torch.Tensor, C: torch.Tensor, 
     exact = torch.zeros(len(idx), dtype=torch.bool, device=Wp.device)
     n_inner = []
     for j in order:
-        cols, delta, g_dot_d[j], exact[j], it, entry, updated = out[j]
-        hessians.put(keys[j], entry, updated)
+        cols, delta, g_dot_d[j], exact[j], it = out[j]
+        hessians.put(keys[j], *built[j])
         n_inner.append(it)
         dW[j][:, cols] = delta[:, :sizes[j]]
         db[j] = delta[:, sizes[j]]

@@ -2,11 +2,12 @@
 
 With two or more intra-op threads, a Newton step's large quadratic models (Hessian products,
 inner iterations and Cholesky solves on working sets of thousands of columns) leave cores idle
-between and inside their ops; one model per thread, each single-threaded, keeps them all busy.
-On the eta = 1 ffn design of MiniLM x Rotten Tomatoes (7,685 x 4,892, six masks, five C) on two
-cores: 25.6 s with torch's two threads per op, 22.6 s with two models at a time (streamed from
-float16 blocks as the search holds it: 27.7 s and 25.4 s; 37.5 s on one thread). Small models
-are bound by Python and the GIL, and stay on the calling thread.
+between and inside their ops; work split by model, each thread single-threaded, keeps them all
+busy: the Hessians in a pass over X per thread, each for its share of the models
+(torch_hessian.build_hessians), then one model's inner solve per thread. On the eta = 1 ffn
+design of MiniLM x Rotten Tomatoes (7,685 x 4,892, six masks, five C) streamed from float16
+blocks as the search holds it, on two cores: 24.2 to 24.8 s (39 to 40 s on one thread).
+Small models are bound by Python and the GIL, and stay on the calling thread.
 """
 
 from __future__ import annotations
