@@ -42,14 +42,10 @@ def test_solving_reuses_freed_buffers_and_reading_returns_them() -> None:
     assert after > pinned / 2
 
 
-_HEAPS = """
-import ctypes, sys, threading
-import numpy as np
-if sys.argv[1] == "tuned":
-    from stcstore.heap import return_freed_blocks_to_os
-    return_freed_blocks_to_os()
+# three threads allocate 16 KB buffers (malloc'd from the thread's heap), then glibc reports its heaps
+_THREADS_THEN_HEAP_REPORT = """
 def work():
-    keep = [np.ones(2000) for _ in range(50)]    # 16 KB buffers: malloc'd from the thread's heap
+    keep = [np.ones(2000) for _ in range(50)]
 go = [threading.Thread(target=work) for _ in range(3)]
 for t in go: t.start()
 for t in go: t.join()
@@ -59,6 +55,14 @@ out = libc.fdopen(1, b"w")
 libc.malloc_info(0, ctypes.c_void_p(out))
 libc.fflush(ctypes.c_void_p(out))
 """
+
+_HEAPS = """
+import ctypes, sys, threading
+import numpy as np
+if sys.argv[1] == "tuned":
+    from stcstore.heap import return_freed_blocks_to_os
+    return_freed_blocks_to_os()
+""" + _THREADS_THEN_HEAP_REPORT
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
@@ -74,8 +78,7 @@ def test_threads_share_one_heap_once_tuned() -> None:
     assert heaps["tuned"] == 1
 
 
-# probes a store (through the library or the command line), then lets three threads allocate, and
-# prints glibc's heap report
+# probes a store (through the library or the command line), then the threads and the heap report
 _HEAPS_AFTER_PROBE = """
 import ctypes, sys, threading
 import numpy as np
@@ -93,17 +96,7 @@ else:
         app(["probe", "--store", store, "--name", "cli", *args])
     except SystemExit as exc:
         assert not exc.code, exc.code
-def work():
-    keep = [np.ones(2000) for _ in range(50)]
-go = [threading.Thread(target=work) for _ in range(3)]
-for t in go: t.start()
-for t in go: t.join()
-libc = ctypes.CDLL("libc.so.6")
-libc.fdopen.restype = ctypes.c_void_p
-out = libc.fdopen(1, b"w")
-libc.malloc_info(0, ctypes.c_void_p(out))
-libc.fflush(ctypes.c_void_p(out))
-"""
+""" + _THREADS_THEN_HEAP_REPORT
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
