@@ -6,6 +6,8 @@ either (zarr-python's convention).
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "StcstoreError",
     "UserError",
@@ -26,6 +28,7 @@ __all__ = [
     "MissingDependencyError",
     "MemoryBudgetError",
     "ScratchSpaceError",
+    "is_no_room",
 ]
 
 
@@ -103,3 +106,8 @@ class MemoryBudgetError(UserError, MemoryError):
 
 class ScratchSpaceError(UserError, OSError):
     """The disk of the probe's scratch folder has no room for the columns it must spill."""
+
+
+def is_no_room(exc: BaseException) -> bool:
+    """Whether an error is a write that found no room: a full disk, the user's quota, the file-size limit."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import StcstoreError, UserError
+from ..errors import StcstoreError, UserError, is_no_room
 
 __all__ = ["err_console", "out_console", "setup_logging", "handle_errors", "print_error", "split_csv", "self_command",
            "STORAGE_OPTION_HELP", "store_location", "quiet_torch_cpp_logs", "passive_openmp_waits",
@@ -85,10 +85,6 @@ _INTERRUPTED = {
 }
 
 
-# write errors that mean a disk (or the user's quota or file-size limit) is full
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 def handle_errors(fn: F) -> F:
     """Turn a user error into one stderr line and exit 2, any other stcstore error into exit 1.
 
@@ -110,7 +106,7 @@ def handle_errors(fn: F) -> F:
             err_console.print(f"interrupted: {_INTERRUPTED.get(fn.__name__, 'nothing was written')}")
             raise typer.Exit(130) from None
         except OSError as exc:
-            if exc.errno not in _NO_ROOM:
+            if not is_no_room(exc):
                 raise
             where = f" writing {exc.filename}" if exc.filename else ""
             then = _INTERRUPTED.get(fn.__name__, "rerun the same command")

@@ -11,7 +11,6 @@ by the next probe that spills.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import ScratchSpaceError
+from ..errors import ScratchSpaceError, is_no_room
 from .memory import format_bytes
 
 __all__ = ["RowFile", "Scratch", "IN_MEMORY_BYTES"]
@@ -29,10 +28,6 @@ __all__ = ["RowFile", "Scratch", "IN_MEMORY_BYTES"]
 # kept columns up to this size (all layers of a pool, train and val rows) stay in memory
 IN_MEMORY_BYTES = 64 << 20
 _PREFIX = "stcstore-probe-"
-
-
-# write errors that mean the scratch folder's disk (or the user's quota or file-size limit) is full
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _no_room(folder: Path, nbytes: int, why: str) -> ScratchSpaceError:
@@ -78,7 +73,7 @@ class RowFile:
                 if a.size:
                     fh.write(memoryview(a).cast("B"))
         except OSError as exc:
-            if exc.errno in _NO_ROOM:
+            if is_no_room(exc):
                 raise _no_room(Path(path).parent, a.nbytes, exc.strerror) from None
             raise
         return cls(path, a.shape, a.dtype)
