@@ -117,7 +117,7 @@ def build_hessians(data: _Data, olds: list[Optional[tuple]], cols: list[torch.Te
     sizes = [len(c) for c in cols]
     if threads is not None and threads.worth(sizes):
         # a pass per thread over its share of the problems (each builds its own chunks)
-        threads.map(lambda group: _pass(data, group), _balanced(jobs, sizes, threads.n_threads))
+        threads.map(lambda group: _pass(data, group), _balanced(jobs, threads.n_threads))
     else:
         _pass(data, jobs)
     return [(job.finish(), job.updated) for job in jobs]
@@ -133,14 +133,14 @@ def _pass(data: _Data, jobs: list["_Job"]) -> None:
             job.add_chunk(XU, s, e)
 
 
-def _balanced(jobs: list, sizes: list[int], n: int) -> list[list]:
+def _balanced(jobs: list["_Job"], n: int) -> list[list["_Job"]]:
     """The jobs in at most n groups of about equal cost (a product costs its working set squared)."""
-    groups: list[list] = [[] for _ in range(n)]
+    groups: list[list["_Job"]] = [[] for _ in range(n)]
     load = [0] * n
-    for j in sorted(range(len(jobs)), key=lambda j: -sizes[j]):
+    for job in sorted(jobs, key=lambda job: -len(job.cols)):
         g = load.index(min(load))
-        groups[g].append(jobs[j])
-        load[g] += sizes[j] ** 2
+        groups[g].append(job)
+        load[g] += len(job.cols) ** 2
     return [g for g in groups if g]
 
 
