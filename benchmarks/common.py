@@ -185,18 +185,20 @@ def result_path(benchmark: str, device: str, quick: bool, out: Optional[Path] = 
 
 def merge_earlier(benchmark: str, device: str, quick: bool, out: Optional[Path], config: dict, figures: dict,
                   details: dict) -> None:
-    """Keep, in place, what an earlier result file holds for the parts not run now (figures, details, config)."""
+    """Keep, in place, what an earlier result file holds for the parts not run now (figures, details, config).
+
+    Keys stay in the earlier file's order (re-measured ones take their new values, new ones come
+    last), so a partial rerun leaves the README table's rows where they were.
+    """
     old_path = result_path(benchmark, device, quick, out)
     if not old_path.is_file():
         return
     old = json.loads(old_path.read_text())
-    for k, v in old.get("figures", {}).items():
-        figures.setdefault(k, v)
-    for k, v in (old.get("details") or {}).items():
-        details.setdefault(k, v)
-    for k, v in old.get("config", {}).items():
-        if k not in ("quick", "seconds"):
-            config.setdefault(k, v)
+    config_old = {k: v for k, v in old.get("config", {}).items() if k not in ("quick", "seconds")}
+    for now, before in ((figures, old.get("figures", {})), (details, old.get("details") or {}), (config, config_old)):
+        merged = {**{k: now.get(k, v) for k, v in before.items()}, **{k: v for k, v in now.items() if k not in before}}
+        now.clear()
+        now.update(merged)
 
 
 def write_result(benchmark: str, device: str, config: dict, figures: dict, *, quick: bool,
