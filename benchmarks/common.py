@@ -196,9 +196,15 @@ def merge_earlier(benchmark: str, device: str, quick: bool, out: Optional[Path],
     old = json.loads(old_path.read_text())
     config_old = {k: v for k, v in old.get("config", {}).items() if k not in ("quick", "seconds")}
     for now, before in ((figures, old.get("figures", {})), (details, old.get("details") or {}), (config, config_old)):
-        merged = {**{k: now.get(k, v) for k, v in before.items()}, **{k: v for k, v in now.items() if k not in before}}
-        now.clear()
-        now.update(merged)
+        _update_in_order(now, before)
+
+
+def _update_in_order(now: dict, before: dict) -> None:
+    """`now` in place: before's keys in before's order (now's value where it has one), then now's new keys."""
+    merged = {k: now.get(k, v) for k, v in before.items()}
+    merged.update((k, v) for k, v in now.items() if k not in before)
+    now.clear()
+    now.update(merged)
 
 
 def write_result(benchmark: str, device: str, config: dict, figures: dict, *, quick: bool,

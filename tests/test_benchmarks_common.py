@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import common  # noqa: E402
+# loaded under its own name: the benchmarks folder is not a package, and "common" is too generic
+# a module name to put on every test's import path
+_spec = importlib.util.spec_from_file_location(
+    "benchmarks_common", Path(__file__).resolve().parents[1] / "benchmarks" / "common.py")
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def test_merge_keeps_the_earlier_order_and_takes_the_new_values(tmp_path) -> None:
