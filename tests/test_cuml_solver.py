@@ -72,6 +72,31 @@ def test_standin_backend_reproduces_sklearn_objective(standin, n_classes) -> Non
         np.testing.assert_allclose(fit.intercept[0], np.tile(lp - lp.mean(), (len(Cs), 1)), atol=1e-6)
 
 
+def test_standin_backend_honours_a_stop_rule(standin) -> None:
+    """A mask whose path the rule ends keeps its smaller Cs (sklearn's objective) and leaves the rest
+    unfitted; the empty mask stops too."""
+    X, y = make_data(300, 30, 2, seed=7)
+    Cs = [0.5, 0.05, 0.2]
+    masks = np.zeros((3, 30), dtype=bool)
+    masks[1, :10] = True
+    masks[2] = True
+    calls = []
+
+    def stop(ci, idx, coef, icpt):
+        calls.append((ci, idx.tolist()))
+        return np.array([m != 2 and ci == 2 for m in idx])       # masks 0 and 1 end after C = 0.2
+
+    fit = get_solver("cuml").fit_path(X, y, 2, Cs, masks=masks, stop=stop)
+    assert calls == [(1, [0]), (2, [0]), (1, [1]), (2, [1]), (1, [2]), (2, [2]), (0, [2])]
+    np.testing.assert_array_equal(fit.fitted, [[False, True, True], [False, True, True], [True, True, True]])
+    assert np.all(fit.coef[:2, 0] == 0) and np.all(fit.intercept[:2, 0] == 0) and np.all(fit.objective[:2, 0] == 0)
+    ref = SklearnSolver(tol=1e-8).fit_path(X, y, 2, Cs, masks=masks)
+    for m, ci in zip(*np.nonzero(fit.fitted)):
+        f = l1_logistic_objective(X, y, 2, fit.coef[m, ci], fit.intercept[m, ci], Cs[ci])
+        assert f == pytest.approx(ref.objective[m, ci], rel=1e-3)
+        assert fit.objective[m, ci] == pytest.approx(f, rel=1e-5)
+
+
 def test_standin_penalty_scale_check_is_quiet_for_the_right_scale(standin, caplog) -> None:
     X, y = make_data(300, 30, 2, seed=8)
     get_solver("cuml").fit_path(X, y, 2, [0.1, 1.0])

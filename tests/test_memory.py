@@ -75,10 +75,10 @@ class _FaultyConcat:
         self.inner, self.width = inner, width
         self.name, self.device, self.uses_init = inner.name, inner.device, inner.uses_init
 
-    def fit_path(self, X, y, n_classes, Cs, masks=None, init=None):
+    def fit_path(self, X, y, n_classes, Cs, masks=None, init=None, **kwargs):
         if masks is None and X.shape[1] == self.width:
             raise MemoryError("injected: the concat design does not fit")
-        return self.inner.fit_path(X, y, n_classes, Cs, masks=masks, init=init)
+        return self.inner.fit_path(X, y, n_classes, Cs, masks=masks, init=init, **kwargs)
 
     def __repr__(self) -> str:
         return repr(self.inner)

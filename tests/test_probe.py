@@ -4,6 +4,7 @@ the classifier against a NumPy recomputation, cache reuse, bad input, and bounde
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import re
 import subprocess
@@ -402,6 +403,51 @@ def test_second_experiment_reuses_cache_without_the_model(experiment, tmp_path):
     assert {"exp1", "exp2"} <= set(open_run(store).experiments())
 
 
+def _paths(search: list[dict]) -> dict[tuple, list[tuple[float, float]]]:
+    """Each (site, pool, eta, k) path's (C, val) in ascending C."""
+    out: dict[tuple, list[tuple[float, float]]] = {}
+    for e in search:
+        out.setdefault((e["site"], e["pool"], e["eta"], e["k"]), []).append((e["C"], e["val"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_c_stop_ends_the_paths_that_turned_down_and_only_those(experiment):
+    """--c-stop 0 fits every C; --c-stop 0.3 ends each path at its first C whose val is over 0.3
+    binomial standard errors below the path's best so far (recomputed here from search.json)."""
+    store = experiment["store"]
+    common = ["probe", "--store", str(store), "--label", "sentiment", "--split-column", "fold", "--pools", "mean",
+              "--c-grid", "0.01,0.1,0.3,1", "--eta-grid", ETA_GRID, "--no-progress", "--no-plots",
+              "--no-concat-baseline"]
+    runs = {}
+    for name, n_se in (("full", "0"), ("cut", "0.3")):
+        res = CliRunner().invoke(app, [*common, "--name", name, "--c-stop", n_se])
+        assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
+        exp = store / "run0" / "probes" / name
+        runs[name] = (json.loads((exp / "report.json").read_text()), json.loads((exp / "search.json").read_text()))
+    (full, full_search), (cut, cut_search) = runs["full"], runs["cut"]
+    grid = [0.01, 0.1, 0.3, 1.0]
+    assert (full["c_stop"], cut["c_stop"]) == (0.0, 0.3)
+    assert full["n_configs"] == len(full_search) and cut["n_configs"] == len(cut_search)
+    assert all([c for c, _ in path] == grid for path in _paths(full_search).values())
+    n_val = cut["n"]["val"]
+    ended = 0
+    for key, path in _paths(cut_search).items():
+        assert [c for c, _ in path] == grid[:len(path)], key          # a prefix of the grid, never a gap
+        best, stopped = -1.0, False
+        for _, val in path:
+            assert not stopped, key
+            best = max(best, val)
+            stopped = val < best - 0.3 * math.sqrt(best * (1 - best) / n_val)
+        assert stopped or len(path) == len(grid), key                  # no path ends before the rule fires
+        ended += len(path) < len(grid)
+    assert ended > 0 and len(cut_search) < len(full_search)
+    keys = {tuple(e[k] for k in ("site", "pool", "eta", "k", "C")) for e in full_search}
+    assert all(tuple(e[k] for k in ("site", "pool", "eta", "k", "C")) in keys for e in cut_search)
+    # other --c-stop under the same name: refused, naming it
+    res = CliRunner().invoke(app, [*common, "--name", "cut", "--c-stop", "1"])
+    assert res.exit_code == 2 and "c_stop" in res.stderr, res.stderr
+
+
 # -- bad input: one line, exit 2, nothing written --------------------------------------------------
 @pytest.fixture(scope="module")
 def small_stores(tmp_path_factory):
@@ -412,7 +458,7 @@ def small_stores(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["unknown-label", "one-class", "unknown-run", "incomplete", "bad-split-values",
-                                  "bad-name", "bad-grid"])
+                                  "bad-name", "bad-grid", "bad-c-stop"])
 def test_bad_input_one_line_exit_2_nothing_written(small_stores, case):
     good, partial = small_stores
     args = {
@@ -423,6 +469,7 @@ def test_bad_input_one_line_exit_2_nothing_written(small_stores, case):
         "bad-split-values": (good, ["--label", "sentiment", "--split-column", "badfold"], "'holdout'"),
         "bad-name": (good, ["--label", "sentiment", "--name", "../escape"], "--name"),
         "bad-grid": (good, ["--label", "sentiment", "--eta-grid", "0.5,1.5"], "--eta-grid"),
+        "bad-c-stop": (good, ["--label", "sentiment", "--c-stop", "-1"], r"--c-stop takes .* >= 0"),
     }[case]
     store, extra, pattern = args
     name = [] if "--name" in extra else ["--name", "x"]

@@ -261,6 +261,43 @@ def test_init_changes_the_work_not_the_optimum(n_classes) -> None:
                 assert abs(f - f_sk) <= 1e-3 * f_sk, (m, C, f, f_sk)
 
 
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_a_stop_rule_ends_mask_paths_and_the_rest_reach_the_optimum(backend) -> None:
+    """Mask 0 stops after its smallest C, mask 1 after three, mask 2 never; the rule sees every C
+    in ascending order, for the masks still on their path only."""
+    X, y = make_data(500, 80, 2, seed=5)
+    Cs = [0.3, 0.01, 1.0, 0.03, 0.1]                   # not sorted: the walk is by value
+    order = np.argsort(Cs).tolist()
+    masks = np.ones((3, 80), dtype=bool)
+    masks[0, 20:] = False
+    masks[1, 50:] = False
+    last = {0: order[0], 1: order[2]}
+    calls = []
+
+    def stop(ci, idx, coef, icpt):
+        calls.append((ci, idx.tolist()))
+        assert coef.shape == (len(idx), 1, 80) and icpt.shape == (len(idx), 1)
+        return np.array([last.get(int(m)) == ci for m in idx])
+
+    solver = TorchSolver() if backend == "torch" else SklearnSolver()
+    fit = solver.fit_path(X, y, 2, Cs, masks=masks, stop=stop)
+    fitted = np.zeros((3, 5), dtype=bool)
+    fitted[0, order[:1]] = fitted[1, order[:3]] = fitted[2] = True
+    np.testing.assert_array_equal(fit.fitted, fitted)
+    assert np.all(fit.coef[~fitted] == 0) and np.all(fit.intercept[~fitted] == 0)
+    if backend == "torch":                             # all masks of one C together
+        assert calls == [(order[0], [0, 1, 2]), (order[1], [1, 2]), (order[2], [1, 2]), (order[3], [2]),
+                         (order[4], [2])]
+    else:                                              # mask by mask
+        assert calls == [(c, [0]) for c in order[:1]] + [(c, [1]) for c in order[:3]] + [(c, [2]) for c in order]
+    ref = SklearnSolver(tol=1e-8).fit_path(X, y, 2, Cs, masks=masks)
+    for m, ci in zip(*np.nonzero(fitted)):
+        f = l1_logistic_objective(X, y, 2, fit.coef[m, ci], fit.intercept[m, ci], Cs[ci])
+        f_sk = l1_logistic_objective(X, y, 2, ref.coef[m, ci], ref.intercept[m, ci], Cs[ci])
+        assert abs(f - f_sk) <= 1e-4 * f_sk, (m, Cs[ci], f, f_sk)
+    assert solver.fit_path(X, y, 2, Cs, masks=masks).fitted.all()
+
+
 def test_sklearn_ignores_init(binary) -> None:
     Xtr, ytr, _, _ = binary
     plain = SklearnSolver().fit_path(Xtr[:, :30], ytr, 2, [0.1])

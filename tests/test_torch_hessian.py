@@ -174,3 +174,13 @@ def test_a_factor_without_some_coordinates_solves_their_block(dropped) -> None:
     x = small.solve(torch.as_tensor(H), torch.as_tensor(b)).numpy()
     ref = np.linalg.solve(H.astype(np.float64)[np.ix_(sub, sub)], b.astype(np.float64))
     assert np.allclose(x, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_keep_only_renumbers_the_kept_entries_and_frees_the_rest() -> None:
+    cache = HessianCache(1 << 20)
+    entries = {k: (torch.arange(k + 1), torch.full((k + 2, k + 2), float(k)), torch.ones(3)) for k in range(3)}
+    for k, e in entries.items():
+        cache.put(k, e, updated=False)
+    cache.keep_only([2, 0])             # problem 1 left the batch: 2 is now problem 0, 0 problem 1
+    assert cache.take(0) is entries[2] and cache.take(1) is entries[0] and cache.take(2) is None
+    assert cache._bytes == 0

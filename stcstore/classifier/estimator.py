@@ -49,6 +49,8 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
       store        store folder or URL for the activations; None: `<cache>/store.zarr`
       pools, sites poolings and sites extracted and searched (as `extract --pool / --site`)
       c_grid, eta_grid  the probe search's C and eta values
+      c_stop       end a depth's C path once val falls this many standard errors below its best
+                   (as `probe --c-stop`; 0 fits every C)
       backend, device   probe solver backend; device of the forward and the solver
       batch_size, max_length, dtype  the forward's batching, truncation and precision
       seed         seeds the stratified carving of val and test from the texts
@@ -74,6 +76,7 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         sites: Sequence[str] = SITES,
         c_grid: Sequence[float] = DEFAULT_C_GRID,
         eta_grid: Sequence[float] = DEFAULT_ETA_GRID,
+        c_stop: float = 1.0,
         backend: str = "auto",
         device: str = "auto",
         batch_size: int = 32,
@@ -96,6 +99,7 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         self.sites = sites
         self.c_grid = c_grid
         self.eta_grid = eta_grid
+        self.c_stop = c_stop
         self.backend = backend
         self.device = device
         self.batch_size = batch_size
@@ -206,7 +210,8 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         """The checked probe settings (run, label and split column are filled in after extraction)."""
         return ProbeConfig(
             store=xcfg.store, label="-", backend=self.backend, sites=xcfg.sites, pools=xcfg.pools,
-            c_grid=_floats(self.c_grid, "c_grid"), eta_grid=_floats(self.eta_grid, "eta_grid"), seed=self.seed,
+            c_grid=_floats(self.c_grid, "c_grid"), eta_grid=_floats(self.eta_grid, "eta_grid"), c_stop=self.c_stop,
+            seed=self.seed,
             device=self.device, progress=bool(self.progress), plots=bool(self.plots),
             concat_baseline=bool(self.concat_baseline), selection=self.selection, refit=bool(self.refit),
         ).validate()

@@ -35,6 +35,10 @@ def probe_cmd(
     out: Optional[str] = typer.Option(None, "--out", help="Also write report, plots and classifier/ here."),
     c_grid: Optional[str] = typer.Option(None, "--c-grid", help="Inverse L1 strengths, e.g. 0.01,0.1,1."),
     eta_grid: Optional[str] = typer.Option(None, "--eta-grid", help="Kept squared-weight shares in (0,1], e.g. 0.5,0.8,1."),
+    c_stop: float = typer.Option(
+        1.0, "--c-stop", metavar="N_SE",
+        help="End a depth's C path once its val accuracy falls this many standard errors below its best "
+             "(its larger C are not fitted); 0 fits every C."),
     sites: Optional[str] = typer.Option(None, "--sites", help="Sites to probe: hidden,ffn (default: all stored)."),
     pools: Optional[str] = typer.Option(None, "--pools", help="Poolings to probe: mean,max,first,last (default: all stored)."),
     seed: int = typer.Option(0, "--seed", help="Seed of carved splits."),
@@ -70,6 +74,7 @@ def probe_cmd(
         sites=split_csv(sites), pools=split_csv(pools), seed=seed, device=device,
         progress=not no_progress, plots=not no_plots, fresh=fresh, overwrite=overwrite, memory_budget=memory_budget,
         selection=selection, refit=not no_refit, cv=cv, storage_options=parse_storage_options(storage_option),
+        c_stop=c_stop,
     )
     cs, etas = _floats(c_grid, "--c-grid"), _floats(eta_grid, "--eta-grid")
     if cs is not None:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..store.reader import RunReader
 from .aggregate import LayerProbe, n_blocks
-from .blocks import decision_rows, fit_path, labels_from_decision, load_block, read_columns, val_key
+from .blocks import decision_rows, fit_path, labels_from_decision, load_block, read_columns, val_key, val_scores
+from .c_path import ValStop
 from .metrics import classification_metrics
 from .aggregate import SITE_CODES
 from .refit import refit as refit_cols
@@ -87,9 +88,10 @@ def layer_baselines(probes: dict, sites: Sequence[str], pools: Sequence[str], n_
 
 def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, cache: StatsCache,
                     site: str, pool: str, L: int, Cs: Sequence[float], rule: str, refit: bool,
-                    preds: dict) -> dict[str, Any]:
+                    preds: dict, c_stop: float = 0.0) -> dict[str, Any]:
     """Every layer of one site/pool side by side: raw columns (in scratch files when large), standardised
-    as the solver reads them; a solver that needs a matrix builds it (L layer blocks, by definition)."""
+    as the solver reads them; a solver that needs a matrix builds it (L layer blocks, by definition).
+    Its C path ends early as the aggregation's do (c_stop, c_path.ValStop)."""
     K, y_tr, y_va, y_te = plan.n_classes, plan.y["train"], plan.y["val"], plan.y["test"]
     d = reader.width(site)
     all_cols = np.arange(d)
@@ -103,13 +105,12 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
                                        ("train", "val", "test")):
                 part.append((scratch.file(raw, name) if spill else raw, scaler.mean_, scaler.scale_))
         Xs, Vs, Ts = (StandardizedColumns(p, n_rows=plan.n(r)) for p, r in zip(parts, ("train", "val", "test")))
-        coef, icpt = fit_path(solver, Xs, y_tr, K, Cs, None)
+        stop = ValStop(Vs, y_va, c_stop, 1) if c_stop > 0 else None
+        coef, icpt, fitted = fit_path(solver, Xs, y_tr, K, Cs, None, stop=stop)
         coef, icpt = coef[0], icpt[0]
-        n_out = coef.shape[1]
-        dec = decision_rows(Vs, coef.reshape(len(Cs) * n_out, -1), icpt.reshape(-1))
-        val = (labels_from_decision(dec.reshape(len(y_va), len(Cs), n_out)) == y_va[:, None]).mean(axis=0)
+        val = val_scores(Vs, coef, icpt, y_va)
         nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
-        ci, runner_up, info = choose(list(range(len(Cs))), lambda i: float(val[i]), lambda i: (nnz[i],),
+        ci, runner_up, info = choose(np.flatnonzero(fitted[0]).tolist(), lambda i: float(val[i]), lambda i: (nnz[i],),
                                      lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
         dec = decision_rows(Ts, coef[ci], icpt[ci])
     info["runner_up"] = None if runner_up is None else {"C": float(Cs[runner_up]), "val": float(val[runner_up])}

@@ -18,11 +18,13 @@ from ..errors import StoreError
 from ..store.reader import RunReader
 from .aggregate import SITE_CODES
 from ..heap import reuse_heap_while_solving
+from .solvers.base import PathStop
 from .solvers.lazy import StandardizedColumns, as_matrix
 from .splits import SplitPlan
 from .standardize import ROW_CHUNK, StatsCache, StreamingScaler, standardize_columns
 
-__all__ = ["Block", "load_block", "read_columns", "labels_from_decision", "val_key", "fit_path", "val_accuracy_raw"]
+__all__ = ["Block", "load_block", "read_columns", "labels_from_decision", "val_key", "fit_path", "val_accuracy_raw",
+           "val_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,16 @@ def _to_numpy(a: Any) -> Any:
 
 
 def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-             masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """A solver's fit_path as NumPy (n_masks, n_C, n_out, d) coef and (n_masks, n_C, n_out) intercept."""
+             masks: Optional[np.ndarray], init: Optional[tuple[np.ndarray, np.ndarray]] = None,
+             stop: Optional[PathStop] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A solver's fit_path as NumPy (n_masks, n_C, n_out, d) coef, (n_masks, n_C, n_out) intercept and
+    (n_masks, n_C) fitted (False where `stop` ended a mask's path before that C)."""
     # a solver that streams a built design gets it as it is; the others get the float32 matrix
     streams = isinstance(X, StandardizedColumns) and getattr(solver, "streams_designs", False)
+    kwargs = {} if stop is None else {"stop": stop}
     with reuse_heap_while_solving():
-        fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init)
+        fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init,
+                              **kwargs)
     coef = np.asarray(_to_numpy(fit.coef), dtype=np.float32)
     icpt = np.asarray(_to_numpy(fit.intercept), dtype=np.float32)
     if coef.ndim == 3:  # a solver that drops the mask axis when masks is None
@@ -76,7 +81,9 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
     if masks is not None:
         # features outside a mask must not count, whatever the solver leaves there
         coef = coef * masks[:, None, None, :]
-    return coef, icpt
+    fitted = getattr(fit, "fitted", None)
+    fitted = np.ones(coef.shape[:2], dtype=bool) if fitted is None else np.asarray(fitted, dtype=bool)
+    return coef, icpt, fitted
 
 
 def decision_rows(X: StandardizedColumns, W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,6 +95,14 @@ def decision_rows(X: StandardizedColumns, W: np.ndarray, b: np.ndarray) -> np.nd
         e = min(s + ROW_CHUNK, X.shape[0])
         np.matmul(X.rows(s, e, cols), Wt, out=out[s:e])
     return out + b
+
+
+def val_scores(X: StandardizedColumns, coef: np.ndarray, icpt: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Accuracy on rows X of every model in coef (..., n_out, F) with intercepts (..., n_out)."""
+    lead, (n_out, F) = coef.shape[:-2], coef.shape[-2:]
+    dec = decision_rows(X, coef.reshape(-1, F), icpt.reshape(-1))
+    pred = labels_from_decision(dec.reshape(len(y), -1, n_out))
+    return (pred == np.asarray(y)[:, None]).mean(axis=0).reshape(lead)
 
 
 def _slabs(reader: RunReader, plan: SplitPlan, row_maps: dict, site: str, pool: str, layer: int,

@@ -27,7 +27,8 @@ from .aggregate import (
     nested_masks,
     unique_rows,
 )
-from .blocks import decision_rows, fit_path, labels_from_decision, val_key
+from .blocks import fit_path, val_key, val_scores
+from .c_path import ValStop
 from .checkpoints import load_checkpoint, save_checkpoint
 from .experiment import Experiment
 from .selection import is_dominated, pareto_add
@@ -72,9 +73,11 @@ def add_to_front(front: list, cand: "Candidate") -> list:
 
 def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: int, n_layers: dict[str, int],
                etas: Sequence[float], Cs: Sequence[float], y_tr: np.ndarray, y_va: np.ndarray, K: int,
-              bar: Any) -> tuple[list[dict[str, Any]], list[Candidate]]:
+              bar: Any, c_stop: float = 0.0) -> tuple[list[dict[str, Any]], list[Candidate]]:
     """Every eta (deduplicated) of one (site choice, pool): one batched fit over all k and C each.
 
+    With c_stop > 0 a depth's C path ends once its val accuracy falls more than c_stop standard
+    errors below its best (c_path.ValStop): its larger Cs are neither fitted nor reported.
     Returns the scored configurations and the front of those a selection rule could choose.
     """
     sites = ("hidden", "ffn") if choice == "both" else (choice,)
@@ -100,14 +103,12 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
             continue
         keys = feature_keys(design)
         init = None if prev is None else carry_solutions(*prev, keys, index)
-        coef, icpt = fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init)
+        stop = ValStop(design.X_val, y_va, c_stop, len(umasks)) if c_stop > 0 else None
+        coef, icpt, fitted = fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init, stop)
         if solver.uses_init:
             # the next eta's design holds these columns and more: these solutions start its fits
             prev = (keys, index, coef, icpt)
-        U, nC, n_out, F = coef.shape
-        dec = decision_rows(design.X_val, coef.reshape(U * nC * n_out, F), icpt.reshape(-1))
-        pred = labels_from_decision(dec.reshape(len(y_va), U, nC, n_out))
-        val = (pred == y_va[:, None, None]).mean(axis=0)                 # (U, nC)
+        val = val_scores(design.X_val, coef, icpt, y_va)                 # (U, nC)
         nnz = np.any(coef != 0, axis=2).sum(axis=-1)                     # (U, nC)
         n_kept = umasks.sum(axis=1)
         for kk, k in enumerate(ks):
@@ -115,6 +116,8 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
             if u < 0:
                 continue
             for c, C in enumerate(Cs):
+                if not fitted[u, c]:
+                    continue
                 nb = n_blocks(choice, k)
                 entry = {"site": choice, "pool": pool, "eta": float(eta), "k": int(k), "C": float(C),
                          "n_blocks": nb, "n_kept": int(n_kept[u]), "n_features": int(nnz[u, c]),

@@ -65,7 +65,7 @@ def read_kept_columns(p: LayerProbe, reader: RunReader, plan: SplitPlan, row_map
 
 def _fit_layer(solver: Any, blk: Block, y_tr: np.ndarray, y_va: np.ndarray, K: int, Cs: Sequence[float]) -> LayerFit:
     """Fit every C on one block and choose C on val."""
-    coef, icpt = fit_path(solver, blk.X_train, y_tr, K, Cs, None)
+    coef, icpt, _ = fit_path(solver, blk.X_train, y_tr, K, Cs, None)
     coef, icpt = coef[0], icpt[0]                          # (n_C, n_out, d), (n_C, n_out)
     val = val_accuracy_raw(blk.V, blk.scaler, coef, icpt, y_va)
     nnz = np.array([int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef])

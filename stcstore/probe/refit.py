@@ -68,7 +68,7 @@ def refit(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: dict, pool:
         X = StandardizedColumns(fit_parts, n_rows=n_tv)
         y = np.concatenate([plan.y["train"], plan.y["val"]])
         start = None if init is None else (np.asarray(init[0])[None, None][..., perm], np.asarray(init[1])[None, None])
-        coef, icpt = fit_path(solver, X, y, plan.n_classes, [C], None, start)
+        coef, icpt, _ = fit_path(solver, X, y, plan.n_classes, [C], None, start)
         del X, fit_parts[:]
     coef, icpt = coef[0, 0], icpt[0, 0]
     nz = np.flatnonzero(np.any(coef != 0, axis=0))

@@ -136,7 +136,7 @@ def _settings(config: ProbeConfig, reader: RunReader, fp_hash: str, sites: Seque
     return {
         "run": reader.name, "fingerprint_hash": fp_hash, "label": config.label,
         "split_column": config.split_column, "seed": config.seed, "sites": list(sites), "pools": list(pools),
-        "c_grid": list(config.c_grid), "eta_grid": list(config.eta_grid),
+        "c_grid": list(config.c_grid), "eta_grid": list(config.eta_grid), "c_stop": config.c_stop,
         "backend": getattr(solver, "name", type(solver).__name__), "device": str(getattr(solver, "device", "cpu")),
         "concat_baseline": want_concat, "selection": config.selection, "refit": config.refit, "cv": config.cv,
     }
@@ -268,7 +268,7 @@ def _search(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
             with timer("concat_baseline"), out_of_memory_as(oom):
                 report["baselines"]["all_layers_concat"] = _concat_baseline(
                     solver, reader, plan, row_maps, cache, b["site"], b["pool"], n_layers[b["site"]], config.c_grid,
-                    config.selection, config.refit, preds)
+                    config.selection, config.refit, preds, c_stop=config.c_stop)
             report["test_scored"].append("all_layers_concat")
         report.pop("pending")
         report["timing_s"] = _timings(timer, t_start)
@@ -338,6 +338,8 @@ def _report(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: Any
         "pools": list(pools),
         "c_grid": list(config.c_grid),
         "eta_grid": list(config.eta_grid),
+        "c_stop": config.c_stop,
+        # configurations fitted and scored (with c_stop > 0, paths that turned down skip their larger Cs)
         "n_configs": len(search),
         "test_scored": ["stc", "last_layer", "best_layer"],
         "selection": config.selection,

@@ -87,7 +87,7 @@ def run_stages(config: ProbeConfig, reader: RunReader, plan: SplitPlan, solver: 
                     if done[choice] is None:
                         bar.set_description(f"{tag}aggregate {choice}/{pool}")
                         done[choice] = aggregate(solver, probes, choice, ci, pool, pi, n_layers, etas, Cs,
-                                                 y_tr, y_va, K, bar)
+                                                 y_tr, y_va, K, bar, c_stop=config.c_stop)
                         save_aggregate(exp, choice, pool, *done[choice], tag=tag)
                     else:
                         bar.update(len(etas))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ...errors import ConfigError, DataError, LabelError
 
 __all__ = [
     "PathFit",
+    "PathStop",
     "Solver",
     "n_outputs",
     "l1_logistic_objective",
@@ -28,6 +29,7 @@ __all__ = [
     "check_inputs",
     "check_init",
     "intercept_only",
+    "stop_after",
 ]
 
 
@@ -44,6 +46,16 @@ class PathFit:
     rel_gap: Optional[np.ndarray] = field(default=None)
     # True where a problem stopped on a settled objective rather than on the gap (torch Newton)
     settled: Optional[np.ndarray] = field(default=None)
+    # (n_masks, n_C) False where a `stop` rule ended the mask's path before this C (not fitted,
+    # coef and intercept zero); None: every problem was fitted
+    fitted: Optional[np.ndarray] = field(default=None)
+
+
+# A C-path stopping rule (the search's): after some masks were fitted at one C, called with that
+# C's position in Cs, the masks' indices and their coef (p, n_out, d) and intercept (p, n_out);
+# returns a bool (p,), True for a mask whose larger Cs are not to be fitted. Backends that honour
+# it walk the Cs in ascending order.
+PathStop = Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class Solver(ABC):
@@ -58,13 +70,14 @@ class Solver(ABC):
 
     @abstractmethod
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
-                 ) -> PathFit:
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 stop: Optional[PathStop] = None) -> PathFit:
         """Fit every (mask, C) problem on standardised X (n, d) and labels y in 0..n_classes-1.
 
         `init` = (coef (n_masks, n_C, n_out, d), intercept (n_masks, n_C, n_out)) is an optional
         starting point (e.g. the solutions of a nearby problem); it changes the work done, never
-        the optimum, and a backend without warm starts ignores it.
+        the optimum, and a backend without warm starts ignores it. `stop` (PathStop) may end a
+        mask's path early: its larger Cs are then left unfitted (PathFit.fitted).
         """
 
     def __repr__(self) -> str:
@@ -141,6 +154,11 @@ def check_init(init: Optional[Any], n_masks: int, n_C: int, n_out: int, d: int
     if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(icpt))):
         raise DataError("init has NaN or infinite values")
     return coef, icpt
+
+
+def stop_after(stop: Optional[PathStop], ci: int, mi: int, coef: np.ndarray, icpt: np.ndarray) -> bool:
+    """Whether `stop` ends mask mi's path after the C at index ci (its solution: coef (n_out, d), icpt (n_out,))."""
+    return stop is not None and bool(np.asarray(stop(ci, np.array([mi]), coef[None], icpt[None]))[0])
 
 
 def intercept_only(y: np.ndarray, n_classes: int) -> np.ndarray:

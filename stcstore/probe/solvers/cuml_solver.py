@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import MissingDependencyError
-from .base import PathFit, Solver, check_init, check_inputs, intercept_only, l1_logistic_objective, n_outputs
+from .base import (PathFit, PathStop, Solver, check_init, check_inputs, intercept_only, l1_logistic_objective,
+                   n_outputs, stop_after)
 
 __all__ = ["CumlSolver", "CUML_MISSING"]
 
@@ -78,8 +79,8 @@ class CumlSolver(Solver):
         self._extra = {"penalty_normalized": True} if "penalty_normalized" in params else {}
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
-                 ) -> PathFit:
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 stop: Optional[PathStop] = None) -> PathFit:
         """Fit every (mask, C) problem with one cuML fit each, on the mask's columns."""
         xp = self.xp
         y, Cs_t, masks = check_inputs(X, y, n_classes, Cs, masks)
@@ -94,32 +95,39 @@ class CumlSolver(Solver):
         icpt = np.zeros((M, nC, k_out), dtype=np.float32)
         obj = np.zeros((M, nC))
         n_iter = np.zeros((M, nC), dtype=np.int64)
+        fitted = np.zeros((M, nC), dtype=bool)
         for mi in range(M):
             cols = np.flatnonzero(masks[mi])
-            if len(cols) == 0:  # no feature allowed: the intercept-only model, as every backend gives
-                b = intercept_only(y, n_classes)
-                icpt[mi] = b
-                obj[mi] = [l1_logistic_objective(np.zeros((n, 1)), y, n_classes, np.zeros((k_out, 1)), b, C)
-                           for C in Cs_t]
-                continue
             Xm = Xg[:, xp.asarray(cols)] if len(cols) < d else Xg
             W = np.zeros((nC, k_out, len(cols)), dtype=np.float32)
-            for ci, C in enumerate(Cs_t):
-                model = self._LogisticRegression(penalty="l1", C=C, tol=self.tol, max_iter=self.max_iter,
-                                                 fit_intercept=True, output_type="numpy", **self._extra)
-                model.fit(Xm, yg)
-                W[ci] = np.asarray(_host(model.coef_), dtype=np.float32).reshape(k_out, len(cols))
-                icpt[mi, ci] = np.asarray(_host(model.intercept_), dtype=np.float32).reshape(k_out)
-                n_iter[mi, ci] = int(np.max(np.asarray(_host(getattr(model, "n_iter_", 0)))))
-            coef[mi][..., cols] = W
-            obj[mi], scale = _path_checks(xp, Xm, yg, n_classes, W, icpt[mi], Cs_t)
-            if self.check_kkt:
-                _warn_on_scale(scale, Cs_t)
+            for ci in np.argsort(Cs_t, kind="stable"):     # ascending: a stop rule ends the path early
+                if len(cols) == 0:  # no feature allowed: the intercept-only model, as every backend gives
+                    icpt[mi, ci] = intercept_only(y, n_classes)
+                else:
+                    model = self._LogisticRegression(penalty="l1", C=Cs_t[ci], tol=self.tol, max_iter=self.max_iter,
+                                                     fit_intercept=True, output_type="numpy", **self._extra)
+                    model.fit(Xm, yg)
+                    W[ci] = np.asarray(_host(model.coef_), dtype=np.float32).reshape(k_out, len(cols))
+                    icpt[mi, ci] = np.asarray(_host(model.intercept_), dtype=np.float32).reshape(k_out)
+                    n_iter[mi, ci] = int(np.max(np.asarray(_host(getattr(model, "n_iter_", 0)))))
+                    coef[mi, ci][..., cols] = W[ci]
+                fitted[mi, ci] = True
+                if stop_after(stop, int(ci), mi, coef[mi, ci], icpt[mi, ci]):
+                    break
+            done = np.flatnonzero(fitted[mi])
+            Cs_done = [Cs_t[ci] for ci in done]
+            if len(cols) == 0:
+                obj[mi, done] = [l1_logistic_objective(np.zeros((n, 1)), y, n_classes, np.zeros((k_out, 1)),
+                                                       icpt[mi, ci], Cs_t[ci]) for ci in done]
+            else:
+                obj[mi, done], scale = _path_checks(xp, Xm, yg, n_classes, W[done], icpt[mi, done], Cs_done)
+                if self.check_kkt:
+                    _warn_on_scale(scale, Cs_done)
             del Xm
         if k_out > 1:
             icpt -= icpt.mean(axis=-1, keepdims=True)
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t,
-                       rel_gap=np.full((M, nC), np.nan))
+                       rel_gap=np.full((M, nC), np.nan), fitted=fitted)
 
 
 def _path_checks(xp: ModuleType, X: Any, y: Any, n_classes: int, W: np.ndarray, b: np.ndarray,

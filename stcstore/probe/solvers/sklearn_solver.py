@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ...errors import DataError, MissingDependencyError
-from .base import PathFit, Solver, check_init, check_inputs, intercept_only, l1_logistic_objective, n_outputs
+from .base import (PathFit, PathStop, Solver, check_init, check_inputs, intercept_only, l1_logistic_objective,
+                   n_outputs, stop_after)
 
 __all__ = ["SklearnSolver"]
 
@@ -58,8 +59,8 @@ class SklearnSolver(Solver):
                                   max_iter=self.saga_max_iter, random_state=self.random_state)
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
-                 ) -> PathFit:
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 stop: Optional[PathStop] = None) -> PathFit:
         """Fit every (mask, C) problem with one scikit-learn fit each, on the mask's columns."""
         y, Cs_t, masks = check_inputs(X, y, n_classes, Cs, masks)
         # scikit-learn fits every problem from scratch: a starting point is checked, then unused
@@ -74,30 +75,35 @@ class SklearnSolver(Solver):
         icpt = np.zeros((M, nC, k_out), dtype=np.float32)
         obj = np.zeros((M, nC), dtype=np.float64)
         n_iter = np.zeros((M, nC), dtype=np.int64)
+        fitted = np.zeros((M, nC), dtype=bool)
         for mi in range(M):
             cols = np.flatnonzero(masks[mi])
             # liblinear and saga work in float64 C order: convert once per mask, not once per C
             Xm = np.ascontiguousarray(X[:, cols] if len(cols) < d else X, dtype=np.float64)
-            for ci, C in enumerate(Cs_t):
+            for ci in np.argsort(Cs_t, kind="stable"):     # ascending: a stop rule ends the path early
+                C = Cs_t[ci]
                 if len(cols) == 0:  # no feature allowed: the intercept-only model
                     b = intercept_only(y, n_classes)
                     icpt[mi, ci] = b
                     obj[mi, ci] = l1_logistic_objective(np.zeros((n, 1)), y, n_classes,
                                                         np.zeros((k_out, 1)), b, C)
-                    continue
-                model = self._model(C, k_out == 1)
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    model.fit(Xm, y)
-                for w in caught:  # ConvergenceWarning and the like go to the log, not stderr
-                    log.warning("scikit-learn (mask %d, C=%g): %s", mi, C, w.message)
-                coef[mi, ci][:, cols] = model.coef_
-                icpt[mi, ci] = model.intercept_
-                n_iter[mi, ci] = int(np.max(model.n_iter_))
-                obj[mi, ci] = l1_logistic_objective(Xm, y, n_classes, model.coef_, model.intercept_, C)
+                else:
+                    model = self._model(C, k_out == 1)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        model.fit(Xm, y)
+                    for w in caught:  # ConvergenceWarning and the like go to the log, not stderr
+                        log.warning("scikit-learn (mask %d, C=%g): %s", mi, C, w.message)
+                    coef[mi, ci][:, cols] = model.coef_
+                    icpt[mi, ci] = model.intercept_
+                    n_iter[mi, ci] = int(np.max(model.n_iter_))
+                    obj[mi, ci] = l1_logistic_objective(Xm, y, n_classes, model.coef_, model.intercept_, C)
+                fitted[mi, ci] = True
+                if stop_after(stop, int(ci), mi, coef[mi, ci], icpt[mi, ci]):
+                    break
             del Xm
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t,
-                       rel_gap=np.full((M, nC), np.nan))
+                       rel_gap=np.full((M, nC), np.nan), fitted=fitted)
 
 
 def _to_numpy(X: Any) -> np.ndarray:

@@ -71,6 +71,16 @@ class HessianCache:
             self._bytes -= _nbytes(old)
         return old
 
+    def keep_only(self, keys: list[int]) -> None:
+        """Keep the entries of problems `keys` only, renumbered 0, 1, ... in that order (a batch that
+        dropped some problems)."""
+        old, self._entries, self._bytes = self._entries, {}, 0
+        for new, key in enumerate(keys):
+            entry = old.pop(key, None)
+            if entry is not None:
+                self._entries[new] = entry
+                self._bytes += _nbytes(entry)
+
     def put(self, key: int, entry: tuple, updated: bool) -> None:
         """Keep problem `key`'s entry for its next step if it fits max_bytes; count how it was made."""
         if updated:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from .base import PathFit, Solver, check_init, check_inputs, n_outputs
+from .base import PathFit, PathStop, Solver, check_init, check_inputs, n_outputs
 from ..memory import resolve_budget
 from .torch_data import _np, _prepare, _prior_intercept, fp32_matmuls
 from .torch_dual import _better_start
@@ -127,16 +127,19 @@ class TorchSolver(Solver):
         return "newton" if K <= _NEWTON_MAX_OUT and K * ws <= _NEWTON_MAX_COORDS else "fista"
 
     def fit_path(self, X: Any, y: np.ndarray, n_classes: int, Cs: Sequence[float],
-                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None
-                 ) -> PathFit:
-        """Fit every (mask, C) problem; solutions are exact to the relative duality gap `tol`."""
+                 masks: Optional[np.ndarray] = None, init: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 stop: Optional[PathStop] = None) -> PathFit:
+        """Fit every (mask, C) problem; solutions are exact to the relative duality gap `tol`.
+
+        `stop` is honoured on the warm path; the batch path fits every C at once, so it fits them all.
+        """
         y_np, Cs_t, masks_np = check_inputs(X, y, n_classes, Cs, masks)
         init = check_init(init, masks_np.shape[0], len(Cs_t), n_outputs(n_classes), masks_np.shape[1])
         with fp32_matmuls():
-            return self._fit(X, y_np, n_classes, Cs_t, masks_np, init)
+            return self._fit(X, y_np, n_classes, Cs_t, masks_np, init, stop)
 
     def _fit(self, X: Any, y_np: np.ndarray, n_classes: int, Cs_t: tuple[float, ...], masks_np: np.ndarray,
-             init: Optional[tuple[np.ndarray, np.ndarray]]) -> PathFit:
+             init: Optional[tuple[np.ndarray, np.ndarray]], stop: Optional[PathStop]) -> PathFit:
         t0 = time.perf_counter()
         n, d = X.shape
         K = n_outputs(n_classes)
@@ -172,6 +175,7 @@ class TorchSolver(Solver):
         gap = np.zeros((M, nC))
         n_iter = np.zeros((M, nC), dtype=np.int64)
         settled = np.zeros((M, nC), dtype=bool)
+        fitted = np.zeros((M, nC), dtype=bool)
         b_prior = _prior_intercept(data)
         if init is not None:
             init_W = torch.as_tensor(init[0], device=self._device) * masks_t[:, None, None, :]
@@ -186,15 +190,31 @@ class TorchSolver(Solver):
                 # smallest C first: its solution is sparse and cheap, and starts the next C close by
                 W = torch.zeros((M, K, d), device=self._device)
                 b = b_prior.expand(M, K).clone()
+                # masks still on the path (W, b and the kept Hessians follow this order); `sel` indexes
+                # the full arrays, a plain slice while every mask is on
+                active = np.arange(M)
+                sel: Any = slice(None)
                 for ci in np.argsort(Cs_t, kind="stable"):
-                    C = torch.full((M,), Cs_t[ci], dtype=torch.float64, device=self._device)
+                    C = torch.full((len(active),), Cs_t[ci], dtype=torch.float64, device=self._device)
                     if init is not None:
-                        W, b = _better_start(data, C, (W, b), (init_W[:, ci], init_b[:, ci]))
-                    res = engine(data, C, masks_t, W, b, **opts)
+                        W, b = _better_start(data, C, (W, b), (init_W[sel, ci], init_b[sel, ci]))
+                    res = engine(data, C, masks_t[sel], W, b, **opts)
                     W, b = res.W, res.b
-                    coef[:, ci], icpt[:, ci] = _np(res.W), _np(res.b)
-                    obj[:, ci], gap[:, ci] = res.objective, res.gap
-                    n_iter[:, ci], settled[:, ci] = res.n_iter, res.settled
+                    coef[active, ci], icpt[active, ci] = _np(res.W), _np(res.b)
+                    obj[active, ci], gap[active, ci] = res.objective, res.gap
+                    n_iter[active, ci], settled[active, ci] = res.n_iter, res.settled
+                    fitted[active, ci] = True
+                    if stop is None:
+                        continue
+                    go_on = ~np.asarray(stop(int(ci), active.copy(), coef[active, ci], icpt[active, ci]), dtype=bool)
+                    if not go_on.all():
+                        keep = np.flatnonzero(go_on)
+                        if hessians is not None:
+                            hessians.keep_only(keep.tolist())
+                        W, b, active = W[keep], b[keep], active[keep]
+                        sel = torch.as_tensor(active, device=self._device)
+                        if len(active) == 0:
+                            break
             else:
                 P = M * nC
                 C = torch.tensor([Cs_t[ci] for _ in range(M) for ci in range(nC)], dtype=torch.float64,
@@ -210,6 +230,7 @@ class TorchSolver(Solver):
                 obj[:], gap[:], n_iter[:] = (res.objective.reshape(M, nC), res.gap.reshape(M, nC),
                                              res.n_iter.reshape(M, nC))
                 settled[:] = res.settled.reshape(M, nC)
+                fitted[:] = True
         if K > 1:
             # the softmax is invariant to a common shift of the intercepts: report them centred
             icpt -= icpt.mean(axis=-1, keepdims=True)
@@ -218,9 +239,9 @@ class TorchSolver(Solver):
         if hessians is not None:
             log.debug("torch newton: %d Hessians built, %d updated from the previous step's", hessians.built,
                       hessians.updated)
-        self._note_exit(gap, settled)
+        self._note_exit(gap[fitted], settled[fitted])
         return PathFit(coef=coef, intercept=icpt, objective=obj, n_iter=n_iter, Cs=Cs_t, rel_gap=gap,
-                       settled=settled)
+                       settled=settled, fitted=fitted)
 
     def _note_exit(self, gap: np.ndarray, settled: np.ndarray) -> None:
         s = self.exit_summary
