@@ -53,3 +53,22 @@ def test_each_mask_keeps_its_own_best() -> None:
     # only mask 1 goes on: the rule is asked about it alone, by its index
     assert rule(2, np.array([1]), *_models([1], 3)).tolist() == [True]
     np.testing.assert_allclose(rule.best, [0.90, 0.80])
+
+
+def test_a_solver_without_stop_fits_every_c() -> None:
+    """A solver of one's own whose fit_path has no `stop` (run_probe takes any) is never passed one."""
+    from stcstore.probe.blocks import fit_path
+    from stcstore.probe.solvers.sklearn_solver import SklearnSolver
+
+    class Plain:
+        def fit_path(self, X, y, n_classes, Cs, masks=None, init=None):
+            return SklearnSolver().fit_path(X, y, n_classes, Cs, masks=masks, init=init)
+
+    def never(*args):
+        raise AssertionError("a solver without `stop` was given one")
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(np.int64)
+    coef, icpt, fitted = fit_path(Plain(), X, y, 2, [0.1, 1.0], None, stop=never)
+    assert fitted.shape == (1, 2) and fitted.all() and np.any(coef[0, 1] != 0)

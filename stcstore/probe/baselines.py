@@ -110,8 +110,9 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
         coef, icpt = coef[0], icpt[0]
         val = val_scores(Vs, coef, icpt, y_va)
         nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
-        ci, runner_up, info = choose(np.flatnonzero(fitted[0]).tolist(), lambda i: float(val[i]), lambda i: (nnz[i],),
-                                     lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule, plan.n("val"))
+        ci, runner_up, info = choose(np.flatnonzero(fitted[0]).tolist(), lambda i: float(val[i]),
+                                     lambda i: (nnz[i],), lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule,
+                                     plan.n("val"))
         dec = decision_rows(Ts, coef[ci], icpt[ci])
     info["runner_up"] = None if runner_up is None else {"C": float(Cs[runner_up]), "val": float(val[runner_up])}
     trained = classification_metrics(y_te, dec, K)

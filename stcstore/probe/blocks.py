@@ -8,6 +8,7 @@ already computed them.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -70,7 +71,7 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
     (n_masks, n_C) fitted (False where `stop` ended a mask's path before that C)."""
     # a solver that streams a built design gets it as it is; the others get the float32 matrix
     streams = isinstance(X, StandardizedColumns) and getattr(solver, "streams_designs", False)
-    kwargs = {} if stop is None else {"stop": stop}
+    kwargs = {"stop": stop} if stop is not None and _takes_stop(solver) else {}
     with reuse_heap_while_solving():
         fit = solver.fit_path(X if streams else as_matrix(X), y, n_classes, list(Cs), masks=masks, init=init,
                               **kwargs)
@@ -84,6 +85,15 @@ def fit_path(solver: Any, X: np.ndarray, y: np.ndarray, n_classes: int, Cs: Sequ
     fitted = getattr(fit, "fitted", None)
     fitted = np.ones(coef.shape[:2], dtype=bool) if fitted is None else np.asarray(fitted, dtype=bool)
     return coef, icpt, fitted
+
+
+def _takes_stop(solver: Any) -> bool:
+    """Whether a solver's fit_path takes `stop` (a solver of one's own given to run_probe may not: it fits every C)."""
+    try:
+        params = inspect.signature(solver.fit_path).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "stop" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def decision_rows(X: StandardizedColumns, W: np.ndarray, b: np.ndarray) -> np.ndarray:

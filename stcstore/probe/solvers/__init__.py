@@ -3,7 +3,7 @@
 `get_solver` picks a backend when it is called (never at import): 'auto' is the batched torch
 solver, on CUDA when a GPU is there, else on the CPU, where it is also the fastest correct path
 we measured (benchmarks/probe_speed.py: the default search over the mean pooling of MiniLM on
-all 12,808 Rotten Tomatoes rows ran 8 to 9.5 times faster than with sklearn, val accuracy within
+all 12,808 Rotten Tomatoes rows ran 7 to 9.5 times faster than with sklearn, val accuracy within
 0.5 pt, one thread each; the README's table has the current figures).
 """
 
