@@ -167,8 +167,6 @@ def main(argv=None) -> int:
         for key, value in (("c_grid", args.c_grid), ("eta_grid", args.eta_grid)):
             if value:
                 grid[key] = [float(v) for v in value.split(",")]
-        if args.c_stop is not None:
-            grid["c_stop"] = args.c_stop
         c_stop = _c_stop(args)
         pools = args.pools.split(",") if args.pools else None
         figures: dict = {}
@@ -206,8 +204,6 @@ def main(argv=None) -> int:
             # pooling alone: the default grid would take hours, so this part has its own small grid
             tc_grid = {"c_grid": [0.1] if args.quick else list(THREE_CLASS_GRID["c_grid"]),
                        "eta_grid": [1.0] if args.quick else list(THREE_CLASS_GRID["eta_grid"])}
-            if args.c_stop is not None:
-                tc_grid["c_stop"] = args.c_stop
             tc_pools = ["mean"] if args.quick else pools
             log("extracting the debates (3 classes: speaker party) with minilm")
             run_worker(script, "extract", {"store": str(tc_store), "rows": None, "device": args.device,
@@ -245,7 +241,7 @@ def _run(script: Path, store: Path, backend: str, device: str, pools, grid: dict
     """One search in a fresh process on a cold statistics cache; its experiment is removed after."""
     _clear_cache(Path(store))
     spec = {"store": str(store), "backend": backend, "device": device, "name": name, "pools": pools,
-            "concat_baseline": concat_baseline, **grid}
+            "concat_baseline": concat_baseline, "c_stop": args.c_stop, **grid}
     r = run_worker(script, "probe", spec, threads=args.threads, timeout=4 * 3600)
     log(f"{name:>16} ({r['backend']} on {r['device']}): {r['seconds']:.1f} s, val {r['val']:.4f} "
         f"test {r['test']:.4f}, STC {r['stc']}, exit {r.get('exit')}")

@@ -33,7 +33,7 @@ def test_a_path_stops_once_val_is_n_se_standard_errors_below_its_best(n_se, stop
     # binomial standard error is sqrt(0.8 * 0.2 / 400) = 0.02
     accs = [0.80, 0.785, 0.775, 0.755]
     X, y = _val_rows([round(N * (1 - a)) for a in accs])
-    rule = ValStop(X, y, n_se, n_masks=1)
+    rule = ValStop(X, y, n_se, n_masks=1, n_C=len(accs))
     said = []
     for ci, _ in enumerate(accs):
         coef, icpt = _models([ci], len(accs))
@@ -47,7 +47,7 @@ def test_each_mask_keeps_its_own_best() -> None:
     # mask 0 peaks at 0.90, mask 1 at 0.70; a second C at 0.80 for both: far below mask 0's best
     # (SE 0.015), above mask 1's
     X, y = _val_rows([40, 120, 80])
-    rule = ValStop(X, y, 1.0, n_masks=2)
+    rule = ValStop(X, y, 1.0, n_masks=2, n_C=3)
     assert rule(0, np.array([0, 1]), *_models([0, 1], 3)).tolist() == [False, False]
     assert rule(1, np.array([0, 1]), *_models([2, 2], 3)).tolist() == [True, False]
     # only mask 1 goes on: the rule is asked about it alone, by its index

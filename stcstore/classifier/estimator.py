@@ -211,8 +211,7 @@ class STCClassifier(ClassifierMixin, BaseEstimator):
         return ProbeConfig(
             store=xcfg.store, label="-", backend=self.backend, sites=xcfg.sites, pools=xcfg.pools,
             c_grid=_floats(self.c_grid, "c_grid"), eta_grid=_floats(self.eta_grid, "eta_grid"), c_stop=self.c_stop,
-            seed=self.seed,
-            device=self.device, progress=bool(self.progress), plots=bool(self.plots),
+            seed=self.seed, device=self.device, progress=bool(self.progress), plots=bool(self.plots),
             concat_baseline=bool(self.concat_baseline), selection=self.selection, refit=bool(self.refit),
         ).validate()
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..store.reader import RunReader
 from .aggregate import LayerProbe, n_blocks
-from .blocks import decision_rows, fit_path, labels_from_decision, load_block, read_columns, val_key, val_scores
-from .c_path import ValStop
+from .blocks import decision_rows, labels_from_decision, load_block, read_columns, val_key
+from .c_path import fit_scored
 from .metrics import classification_metrics
 from .aggregate import SITE_CODES
 from .refit import refit as refit_cols
@@ -105,10 +105,8 @@ def concat_baseline(solver: Any, reader: RunReader, plan: SplitPlan, row_maps: d
                                        ("train", "val", "test")):
                 part.append((scratch.file(raw, name) if spill else raw, scaler.mean_, scaler.scale_))
         Xs, Vs, Ts = (StandardizedColumns(p, n_rows=plan.n(r)) for p, r in zip(parts, ("train", "val", "test")))
-        stop = ValStop(Vs, y_va, c_stop, 1) if c_stop > 0 else None
-        coef, icpt, fitted = fit_path(solver, Xs, y_tr, K, Cs, None, stop=stop)
-        coef, icpt = coef[0], icpt[0]
-        val = val_scores(Vs, coef, icpt, y_va)
+        coef, icpt, fitted, val = fit_scored(solver, Xs, Vs, y_tr, y_va, K, Cs, None, c_stop=c_stop)
+        coef, icpt, val = coef[0], icpt[0], val[0]
         nnz = [int(np.count_nonzero(np.any(c != 0, axis=0))) for c in coef]
         ci, runner_up, info = choose(np.flatnonzero(fitted[0]).tolist(), lambda i: float(val[i]),
                                      lambda i: (nnz[i],), lambda i: (val_key(val[i], nnz[i]), Cs[i]), rule,

@@ -27,8 +27,8 @@ from .aggregate import (
     nested_masks,
     unique_rows,
 )
-from .blocks import fit_path, val_key, val_scores
-from .c_path import ValStop
+from .blocks import val_key
+from .c_path import fit_scored
 from .checkpoints import load_checkpoint, save_checkpoint
 from .experiment import Experiment
 from .selection import is_dominated, pareto_add
@@ -103,12 +103,11 @@ def aggregate(solver: Any, probes: dict, choice: str, ci: int, pool: str, pi: in
             continue
         keys = feature_keys(design)
         init = None if prev is None else carry_solutions(*prev, keys, index)
-        stop = ValStop(design.X_val, y_va, c_stop, len(umasks)) if c_stop > 0 else None
-        coef, icpt, fitted = fit_path(solver, design.X_train, y_tr, K, Cs, umasks, init, stop)
+        coef, icpt, fitted, val = fit_scored(solver, design.X_train, design.X_val, y_tr, y_va, K, Cs, umasks, init,
+                                             c_stop)                     # val (U, nC)
         if solver.uses_init:
             # the next eta's design holds these columns and more: these solutions start its fits
             prev = (keys, index, coef, icpt)
-        val = val_scores(design.X_val, coef, icpt, y_va)                 # (U, nC)
         nnz = np.any(coef != 0, axis=2).sum(axis=-1)                     # (U, nC)
         n_kept = umasks.sum(axis=1)
         for kk, k in enumerate(ks):
